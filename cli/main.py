@@ -1,0 +1,173 @@
+"""The `tracehouse` command: one entry point, one subcommand per job.
+
+Each subcommand imports what it needs only when it runs, so the base install (what an instrumented app
+needs) can show help and run the light commands without the pipeline or sink extras. Flags mirror the
+`TRACEHOUSE_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tracehouse.core.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(
+        kafka_bootstrap=getattr(args, "kafka", None),
+        clickhouse_url=getattr(args, "clickhouse", None),
+        data_dir=getattr(args, "data_dir", None),
+    )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kafka", metavar="HOST:PORT", help="Kafka bootstrap [TRACEHOUSE_KAFKA_BOOTSTRAP]")
+    parser.add_argument("--clickhouse", metavar="URL", help="ClickHouse HTTP URL [TRACEHOUSE_CLICKHOUSE_URL]")
+    parser.add_argument("--data-dir", type=Path, help="local data directory [TRACEHOUSE_DATA_DIR]")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _need(extra: str, module: str) -> None:
+    """Fail with the install command when an optional part is missing, not with a traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise SystemExit(f"this command needs the '{extra}' extra: pip install 'tracehouse[{extra}]'")
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_clickhouse(args: argparse.Namespace) -> int:
+    _need("embedded", "chdb")
+    from tracehouse.infra.clickhouse_server import serve
+
+    settings = _settings(args)
+    target = settings.clickhouse
+    serve(args.path or settings.clickhouse_data_dir, args.host or target.host, args.port or target.port)
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from tracehouse.infra.kafka_broker import fetch_kafka_jars, run_foreground
+
+    if args.fetch_only:
+        fetch_kafka_jars()
+        return 0
+    settings = _settings(args)
+    return run_foreground(settings.data_dir / "kafka", args.port)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    _need("sinks", "clickhouse_connect")
+    import asyncio
+
+    from tracehouse.sinks.migrate import migrate
+
+    settings = _settings(args)
+    report = asyncio.run(migrate(settings.clickhouse, ttl_days=args.ttl_days))
+    applied = ", ".join(map(str, report.applied)) or "none (already current)"
+    print(f"database {report.database}: schema version {report.current_version}; applied: {applied}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _need("pipeline", "faust")
+    from tracehouse.pipeline.worker import run_worker
+
+    return run_worker(_settings(args), verbose=args.verbose)
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    _need("sinks", "clickhouse_connect")
+    from tracehouse.sinks.runner import run_sink
+
+    return run_sink(_settings(args), batch_rows=args.batch_rows, flush_interval_s=args.flush_interval)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _need("embedded", "chdb")
+    from tracehouse.infra.stack import run_up
+
+    return run_up(_settings(args), partitions=args.partitions)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _need("embedded", "chdb")
+    from tracehouse.cli.demo import run_demo
+
+    return run_demo(_settings(args), spans=args.spans, partitions=args.partitions, keep=args.keep)
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    _need("sinks", "clickhouse_connect")
+    from tracehouse.cli.reading import run_sql
+
+    return run_sql(_settings(args), args.sql)
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
+    "up": ("run the whole local stack in the foreground until Ctrl-C", cmd_up),
+    "demo": ("start what is missing, send realistic traffic, answer the six questions, exit", cmd_demo),
+    "worker": ("run a stream-processing worker (Faust)", cmd_worker),
+    "sink": ("run the ClickHouse sink", cmd_sink),
+    "clickhouse": ("serve the embedded ClickHouse engine over ClickHouse's HTTP interface", cmd_clickhouse),
+    "kafka": ("run a real Apache Kafka broker (KRaft) locally; needs Java 17", cmd_kafka),
+    "migrate": ("create or upgrade the ClickHouse schema (idempotent)", cmd_migrate),
+    "sql": ("run one SQL statement against ClickHouse and print the result", cmd_sql),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracehouse", description="Tracing pipeline for LLM applications: Kafka -> Faust -> ClickHouse."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parsers: dict[str, argparse.ArgumentParser] = {}
+    for name, (help_text, func) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        p.set_defaults(func=func)
+        parsers[name] = p
+
+    parsers["clickhouse"].add_argument("--host", help="address to bind (default: from the ClickHouse URL)")
+    parsers["clickhouse"].add_argument("--port", type=int, help="port (default: from the ClickHouse URL)")
+    parsers["clickhouse"].add_argument("--path", type=Path, help="data directory (default: DATA_DIR/clickhouse)")
+    parsers["kafka"].add_argument("--port", type=int, default=9092)
+    parsers["kafka"].add_argument("--fetch-only", action="store_true", help="only fetch the broker's jars")
+    parsers["migrate"].add_argument("--ttl-days", type=int, default=None, help="keep spans this many days")
+    parsers["sink"].add_argument("--batch-rows", type=int, default=10_000)
+    parsers["sink"].add_argument("--flush-interval", type=float, default=1.0, help="seconds")
+    for name in ("up", "demo"):
+        parsers[name].add_argument("--partitions", type=int, default=None, help="partitions of tracehouse.spans")
+    parsers["demo"].add_argument("--spans", type=int, default=5000, help="how many spans to send")
+    parsers["demo"].add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    parsers["sql"].add_argument("sql", help="the statement")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("aiokafka", "faust", "mode", "urllib3", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not args.verbose else logging.INFO)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

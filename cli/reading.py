@@ -1,0 +1,36 @@
+"""Commands that read ClickHouse; they work whether or not the stack runs (the embedded server is
+started on the local data for the command's own use when nothing answers at the URL)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from clickhouse_connect.driver.client import Client
+
+from tracehouse.core.config import Settings
+from tracehouse.sinks.clickhouse import sync_client
+
+
+@contextlib.contextmanager
+def clickhouse_for_reading(settings: Settings) -> Iterator[Client]:
+    """A client at the configured URL, starting the embedded server there if nothing answers."""
+    from tracehouse.infra.clickhouse_launcher import ensure_clickhouse
+
+    embedded = ensure_clickhouse(settings.clickhouse_url, settings.clickhouse_data_dir)
+    try:
+        client = sync_client(settings.clickhouse)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def run_sql(settings: Settings, sql: str) -> int:
+    with clickhouse_for_reading(settings) as client:
+        result = client.raw_query(sql, fmt="PrettyCompactMonoBlock")
+        print(result.decode(errors="replace"), end="")
+    return 0

@@ -1,0 +1,160 @@
+"""The local stack behind `tracehouse up` and `tracehouse demo`: start what is missing, stop what we started.
+
+Whatever already answers at `TRACEHOUSE_KAFKA_BOOTSTRAP` and `TRACEHOUSE_CLICKHOUSE_URL` is used as it is
+(a production-like setup, or a broker and server you run yourself). What does not answer is started
+embedded on that address: the noida-db Kafka broker (pip-installed, starts in well under a second, no JVM)
+and the real ClickHouse engine behind ClickHouse's HTTP interface. Then topics and schema are made
+idempotently, and the worker and the sink run as child processes, as they would in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tracehouse.core import topics
+from tracehouse.core.config import Settings
+from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse, ensure_clickhouse
+from tracehouse.infra.kafka_broker import ensure_topics, kafka_answers
+from tracehouse.infra.noida_broker import NoidaKafka
+from tracehouse.infra.processes import ManagedProcess
+
+log = logging.getLogger("tracehouse.stack")
+
+
+def _host_port(bootstrap: str) -> tuple[str, int]:
+    first = bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    return host or "127.0.0.1", int(port or 9092)
+
+
+@dataclass
+class LocalStack:
+    """Everything a local run needs, in start order; `stop()` undoes it in reverse."""
+
+    settings: Settings
+    partitions: int | None = None
+    with_worker: bool = True
+    with_sink: bool = True
+    started: list[str] = field(default_factory=list)
+    clickhouse: EmbeddedClickHouse | None = None
+    kafka: NoidaKafka | None = None
+    worker: ManagedProcess | None = None
+    sink: ManagedProcess | None = None
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.data_dir / "logs"
+
+    def start(self) -> LocalStack:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.clickhouse = ensure_clickhouse(settings.clickhouse_url, settings.clickhouse_data_dir)
+        if self.clickhouse is not None:
+            self.started.append(f"ClickHouse (embedded engine) at {self.clickhouse.url}")
+        if not kafka_answers(settings.kafka_bootstrap):
+            host, port = _host_port(settings.kafka_bootstrap)
+            self.kafka = NoidaKafka(settings.data_dir / "kafka", port=port)
+            self.kafka.start()
+            self.started.append(f"Kafka (noida-db) at {self.kafka.bootstrap}")
+            self.settings = settings = replace(settings, kafka_bootstrap=self.kafka.bootstrap)
+        partitions = self.partitions or settings.spans_partitions
+        asyncio.run(self._prepare(partitions))
+        env = self.child_env()
+        if self.with_worker:
+            self.worker = ManagedProcess("worker", ["worker"], self.log_dir, env).start()
+        if self.with_sink:
+            self.sink = ManagedProcess("sink", ["sink"], self.log_dir, env).start()
+        for proc in (self.worker, self.sink):
+            if proc is not None and not proc.wait_for_log("started", timeout=60):
+                tail = proc.log_tail()
+                self.stop()
+                raise RuntimeError(f"{proc.name} did not start; its log ({proc.log_path}):\n{tail}")
+        return self
+
+    async def _prepare(self, partitions: int) -> None:
+        from tracehouse.sinks.migrate import migrate
+
+        await ensure_topics(
+            self.settings.kafka_bootstrap,
+            {
+                topics.SPANS: partitions,
+                topics.TRACES: partitions,
+                topics.ROLLUPS: 1,
+                topics.ALERTS: 1,
+                topics.DLQ: 1,
+            },
+        )
+        await migrate(self.settings.clickhouse)
+
+    def child_env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "TRACEHOUSE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "TRACEHOUSE_CLICKHOUSE_URL": s.clickhouse_url,
+            "TRACEHOUSE_CLICKHOUSE_DATABASE": s.clickhouse.database,
+            "TRACEHOUSE_DATA_DIR": str(s.data_dir),
+            "TRACEHOUSE_WORKER_GROUP": s.worker_group,
+            "TRACEHOUSE_SINK_GROUP": s.sink_group,
+            "TRACEHOUSE_SPANS_PARTITIONS": str(self.partitions or s.spans_partitions),
+        }
+
+    def check(self) -> None:
+        """Raise when a child process died: a stack with a dead part must not pretend to run."""
+        for proc in (self.worker, self.sink):
+            if proc is not None and not proc.alive():
+                raise RuntimeError(f"{proc.name} exited; its log ({proc.log_path}):\n{proc.log_tail()}")
+
+    def stop(self) -> None:
+        for proc in (self.worker, self.sink):
+            if proc is not None:
+                proc.stop()
+        if self.kafka is not None:
+            self.kafka.stop()
+            self.kafka = None
+        if self.clickhouse is not None:
+            self.clickhouse.stop()
+            self.clickhouse = None
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_up(settings: Settings, *, partitions: int | None = None) -> int:
+    """`tracehouse up`: run the stack in the foreground until Ctrl-C or SIGTERM."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with console.status("starting the local stack..."):
+        stack = LocalStack(settings, partitions=partitions).start()
+    try:
+        for line in stack.started:
+            console.print(f"[green]started[/] {line}")
+        s = stack.settings
+        console.print(f"Kafka:      {s.kafka_bootstrap}")
+        console.print(f"ClickHouse: {s.clickhouse_url}  (database {s.clickhouse.database})")
+        console.print(f"logs:       {stack.log_dir}")
+        console.print("send spans with the SDK or OTLP/HTTP; query with any ClickHouse client. Ctrl-C stops.")
+        while not stopping:
+            stack.check()
+            time.sleep(0.5)
+    finally:
+        with console.status("stopping..."):
+            stack.stop()
+    console.print("stopped.")
+    return 0

@@ -1,0 +1,126 @@
+"""The Faust application behind `tracehouse worker`: Faust topics, tables, agents and timers around the
+plain-Python processors.
+
+- Agent `process_spans` reads `tracehouse.spans`. One Kafka message carries many spans of one partition,
+  so Faust's per-event cost is paid once per batch. Acks are manual (`noack`): an event is acknowledged
+  only once no open trace depends on it (see pipeline/checkpoint.py).
+- A timer emits ready traces and closed window partials; a second agent merges the partials of all
+  partitions into rollups and evaluates the alert rules (pipeline/merger.py).
+- Table `tracehouse-worker-state` holds one checkpoint per partition, written at a bounded rate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from tracehouse.core import topics
+from tracehouse.core.config import Settings
+from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
+from tracehouse.pipeline.stages import build_merger, windows_factory
+
+log = logging.getLogger("tracehouse.worker")
+
+PARTIALS_TOPIC = "tracehouse.internal.rollup-partials"
+STATE_TABLE = "tracehouse-worker-state"
+MERGER_TABLE = "tracehouse-merger-state"
+SNAPSHOT_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": "600000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.message.bytes": str(16 * 1024 * 1024),
+}
+
+
+def broker_url(bootstrap: str) -> str:
+    """Faust's broker URL form for a Kafka bootstrap list (`a:9092,b:9092`)."""
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+
+
+def create_app(
+    settings: Settings, options: ProcessorOptions | None = None, **faust_options: Any
+) -> faust.App:
+    """Build the worker's Faust app; options override Faust settings (tests shorten timeouts)."""
+    conf: dict[str, Any] = {
+        "broker": broker_url(settings.kafka_bootstrap),
+        "store": "memory://",
+        "topic_partitions": settings.spans_partitions,
+        "topic_replication_factor": 1,
+        "web_enabled": False,
+        "producer_compression_type": "lz4",
+        "producer_max_request_size": 16 * 1024 * 1024,
+        "producer_linger_ms": 5,
+        "stream_buffer_maxsize": 64,
+        "broker_commit_every": 10_000,
+        "broker_commit_interval": 1.0,
+        "consumer_auto_offset_reset": "earliest",
+        "table_standby_replicas": 0,
+        # Held (unacknowledged) events are meant to be replayed by the next owner: never wait for them.
+        "stream_wait_empty": False,
+        "datadir": str(settings.data_dir / "worker"),
+    }
+    conf.update(faust_options)
+    app = faust.App(settings.worker_group, **conf)
+    raw = {"value_type": bytes, "value_serializer": "raw", "key_serializer": "raw"}
+    spans_topic = app.topic(topics.SPANS, **raw)
+    traces_topic = app.topic(topics.TRACES, **raw)
+    rollups_topic = app.topic(topics.ROLLUPS, **raw)
+    alerts_topic = app.topic(topics.ALERTS, **raw)
+    dlq_topic = app.topic(topics.DLQ, **raw)
+    partials_topic = app.topic(PARTIALS_TOPIC, partitions=1, **raw)
+
+    state_table = app.Table(
+        STATE_TABLE,
+        default=None,
+        partitions=settings.spans_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        extra_topic_configs=SNAPSHOT_TOPIC_CONFIG,
+    )
+    merger_table = app.Table(
+        MERGER_TABLE,
+        default=None,
+        partitions=1,
+        key_type=bytes,
+        value_type=bytes,
+        extra_topic_configs=SNAPSHOT_TOPIC_CONFIG,
+    )
+
+    processor = SpanProcessor(
+        traces_out=traces_topic,
+        partials_out=partials_topic,
+        dlq_out=dlq_topic,
+        windows_factory=windows_factory(),
+        options=options,
+    )
+    merger = build_merger(rollups_out=rollups_topic, alerts_out=alerts_topic)
+    app.tracehouse_processor = processor  # type: ignore[attr-defined]
+    app.tracehouse_merger = merger  # type: ignore[attr-defined]
+
+    @app.agent(spans_topic, name="tracehouse.process_spans")
+    async def process_spans(stream: faust.StreamT) -> None:
+        manual = stream.noack()
+        processor.attach(manual, state_table)
+        async for event in manual.events():
+            await processor.on_event(event)
+
+    @app.agent(partials_topic, name="tracehouse.merge_rollups")
+    async def merge_rollups(stream: faust.StreamT) -> None:
+        manual = stream.noack()
+        async for event in manual.events():
+            await merger.on_event(manual, event, merger_table)
+
+    @app.timer(0.25, name="tracehouse.tick")
+    async def tick() -> None:
+        await processor.on_tick()
+        await merger.on_tick()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        processor.revoke({tp.partition for tp in revoked if tp.topic == topics.SPANS})
+        if any(tp.topic == PARTIALS_TOPIC for tp in revoked):
+            merger.revoke()
+
+    return app

@@ -1,0 +1,266 @@
+"""What the worker does with each message of `tracehouse.spans`, free of Faust so it reads as plain Python.
+
+Per message: decode and validate (bad records to `tracehouse.dlq` with their reason and bytes; the worker
+goes on), drop duplicates, fold spans into the partition's open traces and windows. Per tick: emit the
+traces that are ready (many per Kafka message) and the windows that closed. Per checkpoint interval:
+snapshot the windows and acknowledge what is safe (see pipeline/checkpoint.py).
+
+The Faust glue (pipeline/app.py) passes in the topics to send to and the table to checkpoint into.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tracehouse.core import topics
+from tracehouse.core.pricing import PriceTable, price_span
+from tracehouse.core.schema import (
+    DeadLetter,
+    SchemaError,
+    Span,
+    TraceRecord,
+    decode_batch,
+    encode_dead_letter,
+    encode_traces,
+)
+from tracehouse.pipeline.assembly import TraceAssembler
+from tracehouse.pipeline.checkpoint import (
+    HeldEvents,
+    PartitionCheckpoint,
+    decode_checkpoint,
+    encode_checkpoint,
+)
+
+log = logging.getLogger("tracehouse.worker")
+
+TRACES_PER_MESSAGE = 2_000
+
+
+class Sendable(Protocol):
+    async def send(self, *, key: Any = None, value: Any = None, partition: int | None = None) -> Any: ...
+
+
+class WindowStage(Protocol):
+    """The windowed-rollup side of a partition's state (pipeline/rollups.py)."""
+
+    def add(self, span: Span, cost: float) -> None: ...
+    def due(self, now_s: float) -> list[Any]: ...
+    def to_state(self) -> bytes: ...
+
+
+@dataclass
+class ProcessorOptions:
+    quiet_s: float = 3.0
+    max_age_s: float = 60.0
+    revision_window_s: float = 30.0
+    max_open_traces: int = 100_000
+    checkpoint_interval_s: float = 2.0
+
+
+@dataclass
+class ProcessorStats:
+    messages: int = 0
+    spans: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    traces: int = 0
+    replayed: int = 0
+    checkpoints: int = 0
+
+
+class _Partition:
+    """Everything the worker holds for one partition of `tracehouse.spans`."""
+
+    def __init__(self, partition: int, assembler: TraceAssembler, windows: WindowStage, floor: int) -> None:
+        self.partition = partition
+        self.assembler = assembler
+        self.windows = windows
+        self.window_floor = floor  # spans below this offset are already in the restored windows
+        self.next_offset = floor
+        self.last_checkpoint = time.monotonic()
+        self.dirty = False
+
+
+class SpanProcessor:
+    """Validates span batches, assembles traces and rolls up windows for the partitions it owns."""
+
+    def __init__(
+        self,
+        *,
+        traces_out: Sendable,
+        partials_out: Sendable | None,
+        dlq_out: Sendable,
+        windows_factory: Callable[[bytes | None], WindowStage],
+        options: ProcessorOptions | None = None,
+        prices: PriceTable | None = None,
+    ) -> None:
+        self.traces_out = traces_out
+        self.partials_out = partials_out
+        self.dlq_out = dlq_out
+        self.windows_factory = windows_factory
+        self.options = options or ProcessorOptions()
+        self.prices = prices or PriceTable()
+        self.stats = ProcessorStats()
+        self.held = HeldEvents()
+        self._partitions: dict[int, _Partition] = {}
+        self._last_log = time.monotonic()
+        self.stream: Any = None
+        self.table: Any = None
+
+    # ---- partition ownership ----------------------------------------------------------------
+
+    def _partition(self, partition: int, table: Any) -> _Partition:
+        state = self._partitions.get(partition)
+        if state is None:
+            raw = table.get(checkpoint_key(partition)) if table is not None else None
+            checkpoint = decode_checkpoint(raw) if raw else None
+            assembler = TraceAssembler(
+                self.prices,
+                quiet_s=self.options.quiet_s,
+                max_age_s=self.options.max_age_s,
+                revision_window_s=self.options.revision_window_s,
+                max_open_traces=self.options.max_open_traces,
+            )
+            windows = self.windows_factory(checkpoint.windows if checkpoint else None)
+            state = _Partition(partition, assembler, windows, checkpoint.next_offset if checkpoint else 0)
+            self._partitions[partition] = state
+            if checkpoint is not None:
+                log.info("partition %d: restored windows up to offset %d", partition, checkpoint.next_offset)
+        return state
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Forget revoked partitions; their next owner replays and restores them."""
+        for partition in partitions:
+            self._partitions.pop(partition, None)
+            self.held.drop(partition)
+
+    # ---- per message ------------------------------------------------------------------------
+
+    def attach(self, stream: Any, table: Any) -> None:
+        """The manual-ack stream events come from, and the Table checkpoints go to."""
+        self.stream = stream
+        self.table = table
+
+    async def on_event(self, event: Any) -> None:
+        """Process one Faust event of `tracehouse.spans`, then hold it until it is safe to acknowledge."""
+        message = event.message
+        partition, offset, value = message.partition, message.offset, message.value
+        state = self._partition(partition, self.table)
+        await self.on_message(state, offset, value)
+        self.held.hold(partition, offset, event)
+
+    async def on_message(self, state: _Partition, offset: int, value: bytes | None) -> None:
+        self.stats.messages += 1
+        state.next_offset = offset + 1
+        if value is None:
+            return
+        try:
+            spans, rejected = decode_batch(value)
+        except SchemaError as exc:
+            await self._dead_letter(exc.reason, value, state.partition, offset)
+            return
+        for bad in rejected:
+            await self._dead_letter(bad.reason, bad.payload, state.partition, offset)
+        assembler = state.assembler
+        to_windows = offset >= state.window_floor
+        if not to_windows:
+            self.stats.replayed += len(spans)
+        windows = state.windows
+        prices = self.prices
+        now = time.monotonic()
+        for span in spans:
+            if not assembler.add(span, offset, now):
+                self.stats.duplicates += 1
+                continue
+            if to_windows:
+                llm = span.llm
+                cost, _ = price_span(prices, llm.model if llm is not None else "", span.usage, span.cost_usd)
+                windows.add(span, cost)
+        state.dirty = True
+        self.stats.spans += len(spans)
+        forced = assembler.take_forced()
+        if forced:
+            await self._send_traces(forced)
+
+    async def checkpoint(self, state: _Partition) -> None:
+        """Snapshot the partition's windows, then acknowledge what no open trace needs any more."""
+        safe = state.assembler.safe_offset(state.next_offset)
+        table = self.table
+        if table is not None and state.dirty:
+            snapshot = PartitionCheckpoint(
+                partition=state.partition,
+                next_offset=state.next_offset,
+                safe_offset=safe,
+                windows=state.windows.to_state(),
+                written_at_ns=time.time_ns(),
+            )
+            write_snapshot(table, state.partition, checkpoint_key(state.partition), encode_checkpoint(snapshot))
+            state.dirty = False
+            self.stats.checkpoints += 1
+        state.last_checkpoint = time.monotonic()
+        await self.held.release_below(self.stream, state.partition, safe)
+
+    # ---- per tick ---------------------------------------------------------------------------
+
+    async def on_tick(self) -> None:
+        """Emit ready traces and closed windows of every owned partition."""
+        now = time.monotonic()
+        wall = time.time()
+        for state in list(self._partitions.values()):
+            records = state.assembler.due(now)
+            if records:
+                await self._send_traces(records)
+            partials = state.windows.due(wall)
+            if partials and self.partials_out is not None:
+                await self.partials_out.send(value=encode_partials_message(state.partition, partials))
+            if now - state.last_checkpoint >= self.options.checkpoint_interval_s:
+                await self.checkpoint(state)
+        if now - self._last_log >= 10:
+            self._last_log = now
+            s = self.stats
+            log.info(
+                "worker: %d messages, %d spans (%d duplicates, %d rejected), %d traces, %d open, %d held",
+                s.messages, s.spans, s.duplicates, s.rejected, s.traces,
+                sum(p.assembler.open_traces for p in self._partitions.values()), self.held.count(),
+            )
+
+    async def _send_traces(self, records: list[TraceRecord]) -> None:
+        self.stats.traces += len(records)
+        for i in range(0, len(records), TRACES_PER_MESSAGE):
+            await self.traces_out.send(value=encode_traces(records[i : i + TRACES_PER_MESSAGE]))
+
+    async def _dead_letter(self, reason: str, payload: bytes, partition: int, offset: int) -> None:
+        self.stats.rejected += 1
+        letter = DeadLetter(
+            reason=reason,
+            stage="validate",
+            payload=payload,
+            source_topic=topics.SPANS,
+            partition=partition,
+            offset=offset,
+            time_ns=time.time_ns(),
+        )
+        await self.dlq_out.send(value=encode_dead_letter(letter))
+        log.warning("dead-lettered a record from %s[%d]@%d: %s", topics.SPANS, partition, offset, reason)
+
+
+def write_snapshot(table: Any, partition: int, key: bytes, value: bytes) -> None:
+    """Put a snapshot in a Faust Table from outside a stream event: the local store and the changelog
+    partition are named explicitly (Faust's `table[key] = value` needs a current event for that)."""
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def checkpoint_key(partition: int) -> bytes:
+    return f"spans-{partition}".encode()
+
+
+def encode_partials_message(partition: int, partials: list[Any]) -> bytes:
+    """Placeholder until the rollup stage defines its wire form."""
+    from tracehouse.pipeline.rollups import encode_partials
+
+    return encode_partials(partials)

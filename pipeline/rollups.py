@@ -1,0 +1,701 @@
+"""Tumbling-window rollups per (service, kind, name, model): partial on each worker, final at a merger.
+
+Public API:
+    RollupKey(service, kind, name, model)           NamedTuple; the group of a span
+    rollup_key(span) -> RollupKey
+    is_rate_limited(span) -> bool
+    WindowPartial()                                 one group's aggregates in one window, on one partition
+      .add_span(span, cost_usd) / .merge(other) / .to_record(...) / WindowPartial.from_record(record)
+    RollupPartialRecord                             msgspec Struct: worker -> merger (tracehouse.rollups)
+    encode_partials(records) -> bytes / decode_partials(data) -> list[RollupPartialRecord]
+    WindowAggregator(window_seconds, grace_seconds, *, partition=0, max_groups=1000,
+                     retention_seconds=600, max_future_seconds=3600)
+      .add(span, cost_usd)                          hot path, once per span
+      .due(now_s) -> list[RollupPartialRecord]      closed windows + revisions of late data
+      .to_state() -> bytes / WindowAggregator.from_state(data)
+      .stats -> AggregatorStats
+    Rollup                                          msgspec Struct, exactly the `rollups` table's columns
+    RollupMerger(merge_delay_seconds=10, retention_seconds=720)
+      .add(record) -> bool                          False: a duplicate, stale or too old partial
+      .due(now_s) -> list[Rollup]                   final rows, and revised rows after late partials
+      .to_state() -> bytes / RollupMerger.from_state(data)
+
+Event time is the span's end time, floored to the window. A worker keeps one aggregator per Kafka
+partition it owns (and per window size); open windows live in memory, never in a per-span Faust Table
+(that costs ~1 ms a span). A window closes `grace_seconds` after its end, by the caller's clock.
+
+Late data and exactly-once without coordination: every partial record is *cumulative* — it carries
+everything its partition has seen for that (window, group), and a later revision supersedes an earlier
+one. A worker therefore keeps each closed window (as compact records) for `retention_seconds`; a span
+that arrives for a closed window is added to that window's total and the group is re-emitted as the
+next revision at the following `due()`. Because a partition's total for a window only grows, the
+merger keeps, per (window, group, partition), the record with the largest count: a partial delivered
+twice, or re-emitted after a crash and replay from a snapshot, is ignored or replaces its older self, and
+is never added twice. Spans for windows older than the retention are dropped and counted: the merger
+has forgotten those windows, and a row built from the late part alone would replace the full row.
+(Hence the merger's retention, 12 minutes by default, exceeds the workers' 10 plus the merge delay.)
+
+Bounded memory: `max_groups` groups per window (more go to the group "__other__" in all four key
+fields), windows no further than `max_future_seconds` ahead of the clock (spans from further ahead —
+a producer with a broken clock — are counted into the current window), closed windows for
+`retention_seconds`.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import msgspec
+
+from tracehouse.core.schema import Event, Span
+from tracehouse.pipeline.sketch import LatencySketch
+
+OTHER = "__other__"
+RATE_LIMIT = "rate_limit"
+# Lower-cased fragments of exception type names meaning "slow down" (as in tracehouse.producers.errors),
+# for spans from OTel sources that record the exception but set no `error.type`.
+_RATE_LIMIT_NAMES = ("ratelimit", "rate_limit", "toomanyrequests", "throttl", "resourceexhausted")
+_NS = 1_000_000_000
+_STATE_VERSION = 1
+
+
+class RollupKey(NamedTuple):
+    """The group a span is rolled up in. A plain tuple underneath: hashes and compares as one."""
+
+    service: str
+    kind: str
+    name: str
+    model: str
+
+
+OTHER_KEY = RollupKey(OTHER, OTHER, OTHER, OTHER)
+
+
+def rollup_key(span: Span) -> RollupKey:
+    llm = span.llm
+    return RollupKey(span.service, span.kind, span.name, llm.model if llm is not None else "")
+
+
+def _exceptions_say_rate_limit(events: list[Event]) -> bool:
+    for event in events:
+        if event.name == "exception":
+            exc_type = event.attributes.get("exception.type", "").lower()
+            if any(fragment in exc_type for fragment in _RATE_LIMIT_NAMES):
+                return True
+    return False
+
+
+def is_rate_limited(span: Span) -> bool:
+    """`error.type == "rate_limit"` (what our SDK sets); without `error.type`, a rate-limit exception."""
+    attributes = span.attributes
+    error_type = attributes.get("error.type") if attributes else None
+    if error_type is not None:
+        return error_type == RATE_LIMIT
+    return bool(span.events) and _exceptions_say_rate_limit(span.events)
+
+
+class RollupPartialRecord(msgspec.Struct, kw_only=True):
+    """One partition's cumulative aggregates for one (window, group): what a worker sends the merger.
+
+    `revision` 0 is the window's first closing on that partition; each re-emission after late spans
+    increments it. The record is cumulative, so a later revision replaces an earlier one.
+    """
+
+    window_start: int  # epoch seconds
+    window_seconds: int
+    service: str
+    kind: str
+    name: str
+    model: str
+    partition: int
+    revision: int
+    count: int
+    error_count: int
+    rate_limit_count: int
+    latency_max_ms: float
+    latency_sketch: bytes  # LatencySketch.to_bytes()
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+
+    @property
+    def key(self) -> RollupKey:
+        return RollupKey(self.service, self.kind, self.name, self.model)
+
+
+class RollupPartialBatch(msgspec.Struct):
+    """One Kafka message on `tracehouse.rollups`: many partial records."""
+
+    partials: list[RollupPartialRecord]
+    v: int = 1
+
+
+_batch_encoder = msgspec.msgpack.Encoder()
+_batch_decoder = msgspec.msgpack.Decoder(RollupPartialBatch)
+
+
+def encode_partials(records: list[RollupPartialRecord]) -> bytes:
+    return _batch_encoder.encode(RollupPartialBatch(partials=records))
+
+
+def decode_partials(data: bytes) -> list[RollupPartialRecord]:
+    return _batch_decoder.decode(data).partials
+
+
+class WindowPartial:
+    """Aggregates of one group in one window. Mutable and slotted: it is updated once per span."""
+
+    __slots__ = (
+        "cached_tokens",
+        "cost_usd",
+        "count",
+        "error_count",
+        "input_tokens",
+        "output_tokens",
+        "rate_limit_count",
+        "reasoning_tokens",
+        "sketch",
+    )
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.error_count = 0
+        self.rate_limit_count = 0
+        self.sketch = LatencySketch()
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cached_tokens = 0
+        self.reasoning_tokens = 0
+        self.cost_usd = 0.0
+
+    @property
+    def latency_max_ms(self) -> float:
+        return self.sketch.max
+
+    def add_span(self, span: Span, cost_usd: float) -> None:
+        self.count += 1
+        self.sketch.add((span.end_time_ns - span.start_time_ns) / 1e6)
+        if span.status == "ERROR":
+            self.error_count += 1
+        attributes = span.attributes
+        error_type = attributes.get("error.type") if attributes else None
+        if error_type is not None:
+            if error_type == RATE_LIMIT:
+                self.rate_limit_count += 1
+        elif span.events and _exceptions_say_rate_limit(span.events):
+            self.rate_limit_count += 1
+        usage = span.usage
+        if usage is not None:
+            self.input_tokens += usage.input
+            self.output_tokens += usage.output
+            self.cached_tokens += usage.cached
+            self.reasoning_tokens += usage.reasoning
+        self.cost_usd += cost_usd
+
+    def merge(self, other: WindowPartial) -> None:
+        self.count += other.count
+        self.error_count += other.error_count
+        self.rate_limit_count += other.rate_limit_count
+        self.sketch.merge(other.sketch)
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cached_tokens += other.cached_tokens
+        self.reasoning_tokens += other.reasoning_tokens
+        self.cost_usd += other.cost_usd
+
+    def to_record(
+        self,
+        key: RollupKey | tuple[str, str, str, str],
+        window_start: int,
+        window_seconds: int,
+        partition: int,
+        revision: int,
+    ) -> RollupPartialRecord:
+        service, kind, name, model = key
+        return RollupPartialRecord(
+            window_start=window_start,
+            window_seconds=window_seconds,
+            service=service,
+            kind=kind,
+            name=name,
+            model=model,
+            partition=partition,
+            revision=revision,
+            count=self.count,
+            error_count=self.error_count,
+            rate_limit_count=self.rate_limit_count,
+            latency_max_ms=self.sketch.max,
+            latency_sketch=self.sketch.to_bytes(),
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_tokens=self.cached_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            cost_usd=self.cost_usd,
+        )
+
+    @classmethod
+    def from_record(cls, record: RollupPartialRecord) -> WindowPartial:
+        partial = cls()
+        partial.count = record.count
+        partial.error_count = record.error_count
+        partial.rate_limit_count = record.rate_limit_count
+        partial.sketch = LatencySketch.from_bytes(record.latency_sketch)
+        partial.input_tokens = record.input_tokens
+        partial.output_tokens = record.output_tokens
+        partial.cached_tokens = record.cached_tokens
+        partial.reasoning_tokens = record.reasoning_tokens
+        partial.cost_usd = record.cost_usd
+        return partial
+
+
+@dataclass
+class AggregatorStats:
+    late_spans: int = 0  # arrived for a closed window; folded into a revision (or dropped, below)
+    dropped_late_spans: int = 0  # for a window older than the retention: nobody can fold them in
+    overflow_spans: int = 0  # counted in the "__other__" group because a window had max_groups
+    future_spans: int = 0  # ended more than max_future_seconds ahead: counted in the current window
+    windows_closed: int = 0
+    revisions: int = 0
+
+
+class _ClosedWindow(msgspec.Struct):
+    """A closed window kept for late data: its last revision and its records by group."""
+
+    window_start: int
+    revision: int
+    records: list[RollupPartialRecord]
+
+
+class _AggregatorState(msgspec.Struct):
+    v: int
+    window_seconds: int
+    grace_seconds: float
+    partition: int
+    max_groups: int
+    retention_seconds: float
+    max_future_seconds: float
+    closed_through: float
+    last_now: float | None
+    open: list[RollupPartialRecord]
+    closed: list[_ClosedWindow]
+    late: list[RollupPartialRecord]
+    stats: dict[str, int]
+
+
+_state_encoder = msgspec.msgpack.Encoder()
+_aggregator_state_decoder = msgspec.msgpack.Decoder(_AggregatorState)
+
+
+class WindowAggregator:
+    """A worker's open tumbling windows for one partition and one window size."""
+
+    def __init__(
+        self,
+        window_seconds: int,
+        grace_seconds: float,
+        *,
+        partition: int = 0,
+        max_groups: int = 1000,
+        retention_seconds: float = 600.0,
+        max_future_seconds: float = 3600.0,
+    ) -> None:
+        if window_seconds <= 0 or int(window_seconds) != window_seconds:
+            raise ValueError(f"window_seconds must be a positive integer, got {window_seconds!r}")
+        if grace_seconds < 0 or max_groups < 1 or retention_seconds < 0 or max_future_seconds < 0:
+            raise ValueError("grace, retention and max_future must be >= 0 and max_groups >= 1")
+        self.window_seconds = int(window_seconds)
+        self.grace_seconds = float(grace_seconds)
+        self.partition = partition
+        self.max_groups = max_groups
+        self.retention_seconds = float(retention_seconds)
+        self.max_future_seconds = float(max_future_seconds)
+        self.stats = AggregatorStats()
+        self._window_ns = self.window_seconds * _NS
+        self._open: dict[int, dict[tuple[str, str, str, str], WindowPartial]] = {}
+        self._closed: dict[int, _ClosedWindow] = {}
+        self._late: dict[int, dict[tuple[str, str, str, str], WindowPartial]] = {}
+        self._closed_through = -math.inf  # windows starting at or before this are closed
+        self._last_now: float | None = None
+        self._future_limit = math.inf  # window starts beyond this are "from the future"
+        self._cur_start = -1
+        self._cur_groups: dict[tuple[str, str, str, str], WindowPartial] = {}
+
+    # --- hot path -------------------------------------------------------------------------------------
+
+    def add(self, span: Span, cost_usd: float) -> None:
+        """Count one span in its window (by end time). ~1 µs; late spans take a slower path."""
+        start = span.end_time_ns // self._window_ns * self.window_seconds
+        if start == self._cur_start:
+            groups = self._cur_groups
+        else:
+            groups = self._open.get(start)
+            if groups is None:
+                found = self._window_for(start)
+                if found is None:
+                    self._add_late(start, span, cost_usd)
+                    return
+                groups = found
+            self._cur_start = start
+            self._cur_groups = groups
+        llm = span.llm
+        key = (span.service, span.kind, span.name, llm.model if llm is not None else "")
+        partial = groups.get(key)
+        if partial is None:
+            partial = self._new_group(groups, key)
+        partial.add_span(span, cost_usd)
+
+    def _window_for(self, start: int) -> dict[tuple[str, str, str, str], WindowPartial] | None:
+        """The open window for `start`, created if needed; None when that window is already closed."""
+        if start <= self._closed_through:
+            return None
+        if start > self._future_limit:
+            self.stats.future_spans += 1
+            assert self._last_now is not None
+            start = int(self._last_now // self.window_seconds) * self.window_seconds
+            if start <= self._closed_through:  # a grace of zero: the current window is closed already
+                start += self.window_seconds
+        groups = self._open.get(start)
+        if groups is None:
+            groups = self._open[start] = {}
+        return groups
+
+    def _new_group(
+        self, groups: dict[tuple[str, str, str, str], WindowPartial], key: tuple[str, str, str, str]
+    ) -> WindowPartial:
+        if len(groups) >= self.max_groups:
+            self.stats.overflow_spans += 1
+            key = OTHER_KEY
+            partial = groups.get(key)
+            if partial is not None:
+                return partial
+        partial = groups[key] = WindowPartial()
+        return partial
+
+    def _add_late(self, start: int, span: Span, cost_usd: float) -> None:
+        self.stats.late_spans += 1
+        closed = self._closed.get(start)
+        if closed is None:
+            assert self._last_now is not None
+            if start + self.window_seconds < self._last_now - self.retention_seconds:
+                self.stats.dropped_late_spans += 1
+                return
+            closed = self._closed[start] = _ClosedWindow(window_start=start, revision=-1, records=[])
+        late = self._late.get(start)
+        if late is None:
+            late = self._late[start] = {}
+        key = rollup_key(span)
+        partial = late.get(key)
+        if partial is None:  # first late span of this group since the last due(): resume its total
+            previous = {r.key: r for r in closed.records}
+            if key not in previous and len(previous.keys() | late.keys()) >= self.max_groups:
+                self.stats.overflow_spans += 1
+                key = OTHER_KEY
+                partial = late.get(key)
+            if partial is None:
+                record = previous.get(key)
+                partial = late[key] = WindowPartial.from_record(record) if record else WindowPartial()
+        partial.add_span(span, cost_usd)
+
+    # --- closing --------------------------------------------------------------------------------------
+
+    def due(self, now_s: float) -> list[RollupPartialRecord]:
+        """Close the windows whose end + grace <= now_s, re-emit groups that received late spans, and
+        forget closed windows older than the retention. Returns the records to send to the merger."""
+        if self._last_now is not None and now_s < self._last_now:
+            now_s = self._last_now  # the clock went back: keep the watermark where it was
+        self._last_now = now_s
+        self._closed_through = max(self._closed_through, now_s - self.window_seconds - self.grace_seconds)
+        self._future_limit = now_s + self.max_future_seconds
+        self._cur_start = -1
+        self._cur_groups = {}
+        out: list[RollupPartialRecord] = []
+        ws, partition = self.window_seconds, self.partition
+        for start in sorted(s for s in self._open if s <= self._closed_through):
+            groups = self._open.pop(start)
+            records = [p.to_record(k, start, ws, partition, 0) for k, p in groups.items()]
+            self._closed[start] = _ClosedWindow(window_start=start, revision=0, records=records)
+            self.stats.windows_closed += 1
+            out.extend(records)
+        for start in sorted(self._late):
+            late = self._late[start]
+            closed = self._closed[start]
+            closed.revision += 1
+            revised = [p.to_record(k, start, ws, partition, closed.revision) for k, p in late.items()]
+            by_key = {r.key: r for r in closed.records}
+            by_key.update((r.key, r) for r in revised)
+            closed.records = list(by_key.values())
+            self.stats.revisions += 1
+            out.extend(revised)
+        self._late.clear()
+        horizon = now_s - self.retention_seconds
+        for start in [s for s in self._closed if s + ws < horizon]:
+            del self._closed[start]
+        return out
+
+    @property
+    def open_windows(self) -> list[int]:
+        return sorted(self._open)
+
+    # --- snapshots ------------------------------------------------------------------------------------
+
+    def to_state(self) -> bytes:
+        """Everything needed to resume after a crash (open windows, closed ones kept for late data)."""
+        ws, partition = self.window_seconds, self.partition
+        state = _AggregatorState(
+            v=_STATE_VERSION,
+            window_seconds=ws,
+            grace_seconds=self.grace_seconds,
+            partition=partition,
+            max_groups=self.max_groups,
+            retention_seconds=self.retention_seconds,
+            max_future_seconds=self.max_future_seconds,
+            closed_through=self._closed_through,
+            last_now=self._last_now,
+            open=[p.to_record(k, s, ws, partition, -1) for s, g in self._open.items() for k, p in g.items()],
+            closed=list(self._closed.values()),
+            late=[p.to_record(k, s, ws, partition, -1) for s, g in self._late.items() for k, p in g.items()],
+            stats=dict(vars(self.stats)),
+        )
+        return _state_encoder.encode(state)
+
+    @classmethod
+    def from_state(cls, data: bytes) -> WindowAggregator:
+        state = _aggregator_state_decoder.decode(data)
+        if state.v != _STATE_VERSION:
+            raise ValueError(f"aggregator state version {state.v} is not {_STATE_VERSION}")
+        agg = cls(
+            state.window_seconds,
+            state.grace_seconds,
+            partition=state.partition,
+            max_groups=state.max_groups,
+            retention_seconds=state.retention_seconds,
+            max_future_seconds=state.max_future_seconds,
+        )
+        agg._closed_through = state.closed_through
+        agg._last_now = state.last_now
+        if state.last_now is not None:
+            agg._future_limit = state.last_now + state.max_future_seconds
+        for record in state.open:
+            agg._open.setdefault(record.window_start, {})[record.key] = WindowPartial.from_record(record)
+        agg._closed = {c.window_start: c for c in state.closed}
+        for record in state.late:
+            agg._late.setdefault(record.window_start, {})[record.key] = WindowPartial.from_record(record)
+        agg.stats = AggregatorStats(**state.stats)
+        return agg
+
+
+# --- the merger -----------------------------------------------------------------------------------------
+
+
+class Rollup(msgspec.Struct, kw_only=True):
+    """A final rollup row: exactly the columns of the `rollups` table, in its order.
+
+    `latency_sketch` is the merged LatencySketch, base64 of its msgpack form (the column is a String),
+    so any window range can be re-merged later for exact-to-1 % quantiles over longer periods.
+    """
+
+    window_start: int  # epoch seconds
+    window_seconds: int
+    service: str
+    kind: str
+    name: str
+    model: str
+    count: int
+    error_count: int
+    rate_limit_count: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+    latency_sketch: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+
+    @property
+    def key(self) -> RollupKey:
+        return RollupKey(self.service, self.kind, self.name, self.model)
+
+    def sketch(self) -> LatencySketch:
+        return LatencySketch.from_bytes(base64.b64decode(self.latency_sketch))
+
+
+def merge_records(records: list[RollupPartialRecord]) -> Rollup:
+    """One row from the partitions' records of the same (window, group)."""
+    first = records[0]
+    sketch = LatencySketch()
+    total = WindowPartial()
+    total.sketch = sketch
+    for record in sorted(records, key=lambda r: r.partition):
+        total.merge(WindowPartial.from_record(record))
+    p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
+    return Rollup(
+        window_start=first.window_start,
+        window_seconds=first.window_seconds,
+        service=first.service,
+        kind=first.kind,
+        name=first.name,
+        model=first.model,
+        count=total.count,
+        error_count=total.error_count,
+        rate_limit_count=total.rate_limit_count,
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
+        latency_p99_ms=p99,
+        latency_max_ms=sketch.max,
+        latency_sketch=base64.b64encode(sketch.to_bytes()).decode("ascii"),
+        input_tokens=total.input_tokens,
+        output_tokens=total.output_tokens,
+        cached_tokens=total.cached_tokens,
+        reasoning_tokens=total.reasoning_tokens,
+        cost_usd=total.cost_usd,
+    )
+
+
+@dataclass
+class MergerStats:
+    accepted: int = 0
+    duplicates: int = 0  # same or older cumulative record of a (window, group, partition): ignored
+    too_old: int = 0  # for a window older than the retention: dropped
+    rollups: int = 0
+    revisions: int = 0
+
+
+class _MergeWindow(msgspec.Struct):
+    window_start: int
+    window_seconds: int
+    emitted: bool = False
+    # group -> partition -> that partition's latest cumulative record
+    groups: dict[tuple[str, str, str, str], dict[int, RollupPartialRecord]] = {}
+    dirty: set[tuple[str, str, str, str]] = set()
+
+
+class _MergeWindowState(msgspec.Struct):
+    emitted: bool
+    dirty: list[tuple[str, str, str, str]]
+    records: list[RollupPartialRecord]
+
+
+class _MergerState(msgspec.Struct):
+    v: int
+    merge_delay_seconds: float
+    retention_seconds: float
+    last_now: float | None
+    windows: list[_MergeWindowState]
+    stats: dict[str, int]
+
+
+_merger_state_decoder = msgspec.msgpack.Decoder(_MergerState)
+
+
+class RollupMerger:
+    """Merges the partitions' partial records into final `Rollup` rows, and revises them."""
+
+    def __init__(self, merge_delay_seconds: float = 10.0, retention_seconds: float = 720.0) -> None:
+        self.merge_delay_seconds = float(merge_delay_seconds)
+        self.retention_seconds = float(retention_seconds)
+        self.stats = MergerStats()
+        self._windows: dict[tuple[int, int], _MergeWindow] = {}
+        self._last_now: float | None = None
+
+    def add(self, record: RollupPartialRecord) -> bool:
+        """Take one partial record; False when it changes nothing (duplicate, stale or too old)."""
+        wkey = (record.window_seconds, record.window_start)
+        window = self._windows.get(wkey)
+        if window is None:
+            end = record.window_start + record.window_seconds
+            if self._last_now is not None and end < self._last_now - self.retention_seconds:
+                self.stats.too_old += 1
+                return False
+            window = self._windows[wkey] = _MergeWindow(
+                window_start=record.window_start, window_seconds=record.window_seconds, groups={}, dirty=set()
+            )
+        gkey = (record.service, record.kind, record.name, record.model)
+        by_partition = window.groups.get(gkey)
+        if by_partition is None:
+            by_partition = window.groups[gkey] = {}
+        previous = by_partition.get(record.partition)
+        # Cumulative records only grow, so the larger count is the newer (or the same) one.
+        if previous is not None and record.count <= previous.count:
+            self.stats.duplicates += 1
+            return False
+        by_partition[record.partition] = record
+        self.stats.accepted += 1
+        if window.emitted:
+            window.dirty.add(gkey)
+        return True
+
+    def due(self, now_s: float) -> list[Rollup]:
+        """Rows of the windows whose end + merge_delay <= now_s, and revised rows (merged totals) of
+        emitted windows that received partials since; forgets emitted windows past the retention."""
+        if self._last_now is not None and now_s < self._last_now:
+            now_s = self._last_now
+        self._last_now = now_s
+        out: list[Rollup] = []
+        for wkey in sorted(self._windows):
+            window = self._windows[wkey]
+            if not window.emitted:
+                if window.window_start + window.window_seconds + self.merge_delay_seconds > now_s:
+                    continue
+                window.emitted = True
+                groups = sorted(window.groups)
+            elif window.dirty:
+                groups = sorted(window.dirty)
+                self.stats.revisions += len(groups)
+            else:
+                continue
+            window.dirty = set()
+            for gkey in groups:
+                out.append(merge_records(list(window.groups[gkey].values())))
+        self.stats.rollups += len(out)
+        horizon = now_s - self.retention_seconds
+        for wkey in [
+            k for k, w in self._windows.items() if w.emitted and w.window_start + w.window_seconds < horizon
+        ]:
+            del self._windows[wkey]
+        return out
+
+    def to_state(self) -> bytes:
+        windows = [
+            _MergeWindowState(
+                emitted=w.emitted,
+                dirty=sorted(w.dirty),
+                records=[r for by_partition in w.groups.values() for r in by_partition.values()],
+            )
+            for w in self._windows.values()
+        ]
+        return _state_encoder.encode(
+            _MergerState(
+                v=_STATE_VERSION,
+                merge_delay_seconds=self.merge_delay_seconds,
+                retention_seconds=self.retention_seconds,
+                last_now=self._last_now,
+                windows=windows,
+                stats=dict(vars(self.stats)),
+            )
+        )
+
+    @classmethod
+    def from_state(cls, data: bytes) -> RollupMerger:
+        state = _merger_state_decoder.decode(data)
+        if state.v != _STATE_VERSION:
+            raise ValueError(f"merger state version {state.v} is not {_STATE_VERSION}")
+        merger = cls(state.merge_delay_seconds, state.retention_seconds)
+        for saved in state.windows:
+            for record in saved.records:
+                merger.add(record)
+            if saved.records:
+                first = saved.records[0]
+                window = merger._windows[(first.window_seconds, first.window_start)]
+                window.emitted = saved.emitted
+                window.dirty = set(saved.dirty)
+        merger._last_now = state.last_now
+        merger.stats = MergerStats(**state.stats)
+        return merger

@@ -1,0 +1,372 @@
+"""Moves finished spans from the application to Kafka without ever making the application wait.
+
+The application thread does one thing: append the span to a bounded in-memory queue (a deque append,
+well under a microsecond). Everything else — grouping spans by partition, encoding many spans per Kafka
+message, compression, retries while the broker is briefly away — runs on a background thread with its
+own asyncio event loop, so sync and async applications are served the same way (the model is the
+OpenTelemetry SDK's BatchSpanProcessor, minus its per-span locking and its silent drops).
+
+When the queue is full, new spans are dropped and counted (`stats.dropped`): a tracing library must never
+block or grow without bound inside the application it observes.
+
+The background thread must not die either, or tracing would silently stop while `submit` keeps filling
+the queue: a span that cannot be encoded or is too big for a message is shrunk or counted as failed on
+its own, a message the broker refuses as too large is split, and any unexpected error restarts the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import logging
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from tracehouse.core import topics
+from tracehouse.core.partitioning import partition_for
+from tracehouse.core.schema import Span, encode_batch
+
+from .oversize import shrink_to_fit
+
+log = logging.getLogger("tracehouse.producers")
+
+# One Kafka message: (partition, encoded SpanBatch, the spans in it, kept to split it if the broker
+# refuses it as too large).
+_Message = tuple[int, bytes, list[Span]]
+
+
+@dataclass
+class TransportStats:
+    """Counters an operator reads to know whether tracing keeps up; only ever increase."""
+
+    enqueued: int = 0
+    sent: int = 0  # acknowledged by Kafka
+    dropped: int = 0  # queue full: never entered the queue
+    failed: int = 0  # given up after retries (or at shutdown with the broker away)
+    messages: int = 0  # Kafka messages (batches) acknowledged
+    retries: int = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class SpanTransport:
+    """A background sender of spans to `tracehouse.spans`, batched by partition.
+
+    Thread-safe `submit()`; `flush()` waits until everything submitted so far is acknowledged;
+    `shutdown()` flushes and stops (also registered at interpreter exit).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic: str = topics.SPANS,
+        max_queue: int = 200_000,
+        batch_spans: int = 500,
+        linger_s: float = 0.05,
+        max_message_bytes: int = 900_000,
+        compression: str | None = "lz4",
+        retry_backoff_s: float = 0.5,
+        max_retry_s: float = 300.0,
+        client_id: str = "tracehouse-producer",
+        producer_options: dict[str, object] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.max_queue = max_queue
+        self.batch_spans = batch_spans
+        self.linger_s = linger_s
+        self.max_message_bytes = max_message_bytes
+        self.compression = compression
+        self.retry_backoff_s = retry_backoff_s
+        self.max_retry_s = max_retry_s
+        self.client_id = client_id
+        self.producer_options = producer_options or {}
+        self.stats = TransportStats()
+        self._queue: collections.deque[Span] = collections.deque()
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_thread()
+        atexit.register(self.shutdown)
+        if hasattr(os, "register_at_fork"):
+            restart = weakref.WeakMethod(self._restart_in_child)
+            os.register_at_fork(after_in_child=lambda: (method := restart()) is not None and method())
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="tracehouse-transport", daemon=True)
+        self._started = threading.Event()
+        self._thread.start()
+        self._started.wait()
+
+    def _restart_in_child(self) -> None:
+        """A forked child (gunicorn --preload, celery prefork, multiprocessing) inherits this object but not
+        its thread, so its spans would queue up and be dropped: give the child a sender of its own. The
+        child starts empty; the parent still sends what it had queued."""
+        if self._stopping:
+            return
+        self._queue = collections.deque()
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self._loop = None
+        self.stats = TransportStats()
+        self._start_thread()
+
+    # ---- application side -------------------------------------------------------------------
+
+    def submit(self, span: Span) -> bool:
+        """Queue a finished span; False (and counted as dropped) when the queue is full."""
+        if len(self._queue) >= self.max_queue or self._stopping:
+            self.stats.dropped += 1
+            return False
+        self._queue.append(span)
+        self.stats.enqueued += 1
+        return True
+
+    def submit_many(self, spans: list[Span]) -> int:
+        """Queue many spans at once; returns how many were accepted."""
+        room = self.max_queue - len(self._queue)
+        if self._stopping:
+            room = 0
+        accepted = spans if room >= len(spans) else spans[: max(room, 0)]
+        self._queue.extend(accepted)
+        self.stats.enqueued += len(accepted)
+        self.stats.dropped += len(spans) - len(accepted)
+        return len(accepted)
+
+    @property
+    def pending(self) -> int:
+        """Spans queued or in flight, not yet acknowledged or given up."""
+        return len(self._queue) + self._in_flight
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every span submitted so far is acknowledged or given up; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self.pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(timeout=0.05 if remaining is None else min(remaining, 0.05))
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Flush what can be flushed within `timeout`, then stop the background thread."""
+        if self._stopping:
+            return
+        self.flush(timeout)
+        self._stopping = True
+        if self._loop is not None and self._thread.is_alive():
+            self._thread.join(timeout=10)
+        atexit.unregister(self.shutdown)
+
+    # ---- background side --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._started.set()
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _connect(self) -> tuple[AIOKafkaProducer, int]:
+        """Start the Kafka producer, retrying while the broker is unreachable."""
+        backoff = self.retry_backoff_s
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id=self.client_id,
+                compression_type=self.compression,
+                max_request_size=max(self.max_message_bytes * 2, 1_048_576),
+                linger_ms=0,
+                acks="all",
+                request_timeout_ms=15_000,
+                **self.producer_options,  # type: ignore[arg-type]
+            )
+            try:
+                await producer.start()
+                partitions = await producer.partitions_for(self.topic)
+                return producer, max(len(partitions), 1)
+            except (KafkaError, OSError) as exc:
+                await producer.stop()
+                if self._stopping:
+                    raise
+                log.warning("kafka at %s unavailable (%s); retrying in %.1fs", self.bootstrap, exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake within 0.1 s of `shutdown()` so exiting never waits out a long backoff."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, 0.1))
+
+    async def _main(self) -> None:
+        """Run the send loop; an unexpected error is logged, the spans in flight are counted as failed,
+        and the loop starts again (a dead sender would silently end tracing)."""
+        while True:
+            try:
+                await self._pump()
+                return
+            except Exception:
+                log.exception("tracehouse transport loop failed; restarting")
+                self.stats.failed += self._in_flight
+                self._in_flight = 0
+                if self._stopping:
+                    self._give_up_queue()
+                    return
+                await self._sleep(1.0)
+
+    async def _pump(self) -> None:
+        producer: AIOKafkaProducer | None = None
+        try:
+            while True:
+                if not self._queue:
+                    if self._stopping:
+                        return
+                    self._notify_idle()
+                    await asyncio.sleep(self.linger_s)
+                    continue
+                if producer is None:
+                    try:
+                        producer, partitions = await self._connect()
+                    except (KafkaError, OSError):
+                        self._give_up_queue()
+                        return
+                spans = self._drain(self.batch_spans * 8)
+                await self._send_with_retry(producer, spans, partitions)
+                self._in_flight = 0
+        finally:
+            if producer is not None:
+                await producer.stop()
+            self._notify_idle()
+
+    def _drain(self, limit: int) -> list[Span]:
+        queue = self._queue
+        n = min(len(queue), limit)
+        self._in_flight = n  # before popping, so `pending` never dips and `flush` never returns early
+        return [queue.popleft() for _ in range(n)]
+
+    def _give_up_queue(self) -> None:
+        self.stats.failed += len(self._queue)
+        self._queue.clear()
+
+    def _notify_idle(self) -> None:
+        with self._idle:
+            self._idle.notify_all()
+
+    def _messages(self, spans: list[Span], partitions: int) -> list[_Message]:
+        """Group spans by partition and encode them into messages of at most `batch_spans` spans."""
+        by_partition: dict[int, list[Span]] = {}
+        cache: dict[str, int] = {}
+        for span in spans:
+            p = cache.get(span.trace_id)
+            if p is None:
+                p = cache[span.trace_id] = partition_for(span.trace_id, partitions)
+            by_partition.setdefault(p, []).append(span)
+        out: list[_Message] = []
+        for p, group in by_partition.items():
+            for i in range(0, len(group), self.batch_spans):
+                self._encode_within_limit(p, group[i : i + self.batch_spans], out)
+        return out
+
+    def _encode_within_limit(self, partition: int, spans: list[Span], out: list[_Message]) -> None:
+        if len(spans) == 1:
+            self._encode_one(partition, spans[0], self.max_message_bytes, out)
+            return
+        try:
+            value = encode_batch(spans)
+        except Exception:  # one unencodable span: find it by halving, keep the others
+            value = b""
+        if value and len(value) <= self.max_message_bytes:
+            out.append((partition, value, spans))
+            return
+        half = len(spans) // 2
+        self._encode_within_limit(partition, spans[:half], out)
+        self._encode_within_limit(partition, spans[half:], out)
+
+    def _encode_one(self, partition: int, span: Span, limit: int, out: list[_Message]) -> None:
+        """One span alone in a message: shrunk if it is bigger than `limit`, counted as failed if it cannot
+        be encoded at all."""
+        fitted = shrink_to_fit(span, limit - 16)  # the SpanBatch envelope adds a few bytes
+        if fitted is None:
+            self.stats.failed += 1
+            log.error(
+                "dropped span %s of trace %s: cannot encode it within %d bytes",
+                span.span_id,
+                span.trace_id,
+                limit,
+            )
+            return
+        out.append((partition, encode_batch([fitted[0]]), [fitted[0]]))
+
+    def _split_too_large(self, message: _Message) -> list[_Message]:
+        """The broker refused `message` as too large (its limit is below ours): halve it, or shrink a
+        lone span to half its size."""
+        partition, value, spans = message
+        out: list[_Message] = []
+        if len(spans) > 1:
+            half = len(spans) // 2
+            for part in (spans[:half], spans[half:]):
+                self._encode_within_limit(partition, part, out)
+        elif len(value) > 1024:
+            self._encode_one(partition, spans[0], len(value) // 2, out)
+        else:
+            self.stats.failed += 1
+        return out
+
+    async def _send_one(self, producer: AIOKafkaProducer, message: _Message) -> object:
+        """Send one message; the result is the broker's answer or the exception (never raised)."""
+        try:
+            return await (await producer.send(self.topic, value=message[1], partition=message[0]))
+        except Exception as exc:  # `send` itself raises for some errors (e.g. a message too large)
+            return exc
+
+    async def _send_with_retry(self, producer: AIOKafkaProducer, spans: list[Span], partitions: int) -> None:
+        messages = self._messages(spans, partitions)
+        self._in_flight = sum(len(m[2]) for m in messages)  # spans dropped while encoding are accounted
+        backoff = self.retry_backoff_s
+        started = time.monotonic()
+        while messages:
+            results = await asyncio.gather(*(self._send_one(producer, m) for m in messages))
+            retry: list[_Message] = []
+            for message, result in zip(messages, results, strict=True):
+                if isinstance(result, MessageSizeTooLargeError):
+                    retry.extend(self._split_too_large(message))
+                elif isinstance(result, BaseException):
+                    retry.append(message)
+                else:
+                    self.stats.sent += len(message[2])
+                    self.stats.messages += 1
+            messages = retry
+            self._in_flight = sum(len(m[2]) for m in messages)
+            if not messages:
+                return
+            waited = time.monotonic() - started
+            if waited > self.max_retry_s or (self._stopping and waited > 5):
+                self.stats.failed += sum(len(m[2]) for m in messages)
+                log.error(
+                    "gave up on %d spans after %.0fs of send failures",
+                    sum(len(m[2]) for m in messages),
+                    waited,
+                )
+                self._in_flight = 0
+                return
+            self.stats.retries += 1
+            first_error = next((r for r in results if isinstance(r, BaseException)), None)
+            log.warning("kafka send failed for %d messages (%s); retrying", len(messages), first_error)
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, 5.0)

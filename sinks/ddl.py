@@ -1,0 +1,262 @@
+"""The ClickHouse schema of database `tracehouse`, as ordered, versioned migrations.
+
+Each migration is a list of idempotent statements (`IF NOT EXISTS`, `ADD COLUMN IF NOT EXISTS`); the
+`schema_migrations` table records which versions ran, so `tracehouse migrate` upgrades an existing
+database in place and running it twice changes nothing. The layout follows the OpenTelemetry ClickHouse
+exporter's reference DDL: Delta+ZSTD on nanosecond times, LowCardinality for names, kinds and models, ZSTD
+on payloads, a bloom filter on trace id, and a trace-id -> time lookup table so "show trace X" reads one
+day's partition instead of all of them. `spans` is a ReplacingMergeTree keyed down to the span id, so a
+span a producer sent twice (a retry after a lost acknowledgement) collapses into one row on merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MESSAGE_TUPLE = (
+    "Array(Tuple(role LowCardinality(String), content String, name String, tool_call_id String, "
+    "tool_calls Array(Tuple(id String, name String, arguments String))))"
+)
+
+SPANS_V1 = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.spans
+(
+    trace_id String CODEC(ZSTD(1)),
+    span_id String CODEC(ZSTD(1)),
+    parent_span_id String CODEC(ZSTD(1)),
+    name LowCardinality(String) CODEC(ZSTD(1)),
+    kind LowCardinality(String) CODEC(ZSTD(1)),
+    service LowCardinality(String) CODEC(ZSTD(1)),
+    start_time DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    end_time DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    duration_ns Int64 CODEC(ZSTD(1)),
+    status LowCardinality(String) CODEC(ZSTD(1)),
+    status_message String CODEC(ZSTD(1)),
+    error_type LowCardinality(String) CODEC(ZSTD(1)),
+    model LowCardinality(String) CODEC(ZSTD(1)),
+    provider LowCardinality(String) CODEC(ZSTD(1)),
+    input_tokens UInt32 CODEC(ZSTD(1)),
+    output_tokens UInt32 CODEC(ZSTD(1)),
+    total_tokens UInt32 CODEC(ZSTD(1)),
+    cached_tokens UInt32 CODEC(ZSTD(1)),
+    reasoning_tokens UInt32 CODEC(ZSTD(1)),
+    cost_usd Float64 CODEC(ZSTD(1)),
+    cost_source LowCardinality(String) CODEC(ZSTD(1)),
+    input String CODEC(ZSTD(3)),
+    output String CODEC(ZSTD(3)),
+    attributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    resource_attributes Map(LowCardinality(String), String) CODEC(ZSTD(1)),
+    events Array(Tuple(name LowCardinality(String), time DateTime64(9), attributes Map(LowCardinality(String), String))) CODEC(ZSTD(1)),
+    documents Array(Tuple(id String, content String, score Nullable(Float64), position UInt32, metadata Map(String, String))) CODEC(ZSTD(3)),
+    prompt_template LowCardinality(String) CODEC(ZSTD(1)),
+    prompt_version LowCardinality(String) CODEC(ZSTD(1)),
+    prompt_text String CODEC(ZSTD(3)),
+    prompt_variables Map(String, String) CODEC(ZSTD(3)),
+    temperature Nullable(Float64) CODEC(ZSTD(1)),
+    max_tokens Nullable(UInt32) CODEC(ZSTD(1)),
+    top_p Nullable(Float64) CODEC(ZSTD(1)),
+    stop Array(String) CODEC(ZSTD(1)),
+    system_prompt String CODEC(ZSTD(3)),
+    invocation_parameters String CODEC(ZSTD(3)),
+    input_messages {MESSAGE_TUPLE} CODEC(ZSTD(3)),
+    output_messages {MESSAGE_TUPLE} CODEC(ZSTD(3)),
+    finish_reason LowCardinality(String) CODEC(ZSTD(1)),
+    scores Array(Tuple(name LowCardinality(String), value Nullable(Float64), label String, source LowCardinality(String), comment String)) CODEC(ZSTD(1)),
+    session_id String CODEC(ZSTD(1)),
+    user_id String CODEC(ZSTD(1)),
+    tags Array(LowCardinality(String)) CODEC(ZSTD(1)),
+    ingest_partition UInt16 CODEC(ZSTD(1)),
+    ingest_offset UInt64 CODEC(Delta(8), ZSTD(1)),
+    ingested_at DateTime64(3) DEFAULT now64(3) CODEC(Delta(8), ZSTD(1)),
+    INDEX idx_trace_id trace_id TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_session_id session_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_user_id user_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_duration duration_ns TYPE minmax GRANULARITY 1,
+    INDEX idx_error_type error_type TYPE set(100) GRANULARITY 1
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toDate(start_time)
+ORDER BY (service, kind, toDateTime(start_time), trace_id, span_id)
+{{ttl}}
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000
+"""
+
+TRACE_LOOKUP_V1 = """
+CREATE TABLE IF NOT EXISTS {db}.trace_id_ts
+(
+    trace_id String CODEC(ZSTD(1)),
+    start DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    end DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    INDEX idx_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 1
+)
+ENGINE = MergeTree
+PARTITION BY toDate(start)
+ORDER BY (trace_id, start)
+{ttl_lookup}
+"""
+
+TRACE_LOOKUP_MV_V1 = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.trace_id_ts_mv TO {db}.trace_id_ts
+AS SELECT trace_id, min(start_time) AS start, max(end_time) AS end
+FROM {db}.spans
+GROUP BY trace_id
+"""
+
+# Which Kafka offsets are already stored, per topic and partition: the sink seeks past them after a
+# crash, so a batch inserted but not yet committed to Kafka is never inserted twice.
+INGEST_OFFSETS_V1 = """
+CREATE TABLE IF NOT EXISTS {db}.ingest_offsets
+(
+    topic LowCardinality(String),
+    partition UInt16,
+    max_offset SimpleAggregateFunction(max, UInt64)
+)
+ENGINE = AggregatingMergeTree
+ORDER BY (topic, partition)
+"""
+
+INGEST_OFFSETS_MV_V1 = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.spans_ingest_offsets_mv TO {db}.ingest_offsets
+AS SELECT 'tracehouse.spans' AS topic, ingest_partition AS partition, max(ingest_offset) AS max_offset
+FROM {db}.spans
+GROUP BY ingest_partition
+"""
+
+TRACES_V1 = """
+CREATE TABLE IF NOT EXISTS {db}.traces
+(
+    trace_id String CODEC(ZSTD(1)),
+    version UInt32,
+    root_name LowCardinality(String) CODEC(ZSTD(1)),
+    root_span_id String CODEC(ZSTD(1)),
+    service LowCardinality(String) CODEC(ZSTD(1)),
+    services Array(LowCardinality(String)) CODEC(ZSTD(1)),
+    start_time DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    end_time DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    duration_ns Int64 CODEC(ZSTD(1)),
+    span_count UInt32,
+    error_count UInt32,
+    input_tokens UInt64,
+    output_tokens UInt64,
+    cached_tokens UInt64,
+    reasoning_tokens UInt64,
+    total_tokens UInt64,
+    cost_usd Float64,
+    unpriced_models Array(LowCardinality(String)),
+    session_id String CODEC(ZSTD(1)),
+    user_id String CODEC(ZSTD(1)),
+    status LowCardinality(String),
+    complete Bool,
+    orphan_spans UInt32,
+    slowest_span_id String,
+    slowest_span_name LowCardinality(String),
+    slowest_span_duration_ns Int64,
+    emitted_at DateTime64(3) DEFAULT now64(3),
+    INDEX idx_session_id session_id TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_user_id user_id TYPE bloom_filter(0.01) GRANULARITY 1
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toDate(start_time)
+ORDER BY trace_id
+{ttl}
+"""
+
+ROLLUPS_V1 = """
+CREATE TABLE IF NOT EXISTS {db}.rollups
+(
+    window_start DateTime CODEC(Delta(4), ZSTD(1)),
+    window_seconds UInt32,
+    service LowCardinality(String),
+    kind LowCardinality(String),
+    name LowCardinality(String),
+    model LowCardinality(String),
+    count UInt64,
+    error_count UInt64,
+    rate_limit_count UInt64,
+    latency_p50_ms Float64,
+    latency_p95_ms Float64,
+    latency_p99_ms Float64,
+    latency_max_ms Float64,
+    latency_sketch String CODEC(ZSTD(1)),
+    input_tokens UInt64,
+    output_tokens UInt64,
+    cached_tokens UInt64,
+    reasoning_tokens UInt64,
+    cost_usd Float64
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toDate(window_start)
+ORDER BY (window_seconds, service, kind, name, model, window_start)
+{ttl_rollups}
+"""
+
+ALERTS_V1 = """
+CREATE TABLE IF NOT EXISTS {db}.alerts
+(
+    fired_at DateTime64(3),
+    rule LowCardinality(String),
+    service LowCardinality(String),
+    severity LowCardinality(String),
+    value Float64,
+    threshold Float64,
+    state LowCardinality(String),
+    message String,
+    window_start DateTime,
+    window_seconds UInt32,
+    labels Map(String, String)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(fired_at)
+ORDER BY (rule, service, window_start, state)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "spans, trace-id lookup, ingest offsets, traces, rollups, alerts",
+        (
+            SPANS_V1,
+            TRACE_LOOKUP_V1,
+            TRACE_LOOKUP_MV_V1,
+            INGEST_OFFSETS_V1,
+            INGEST_OFFSETS_MV_V1,
+            TRACES_V1,
+            ROLLUPS_V1,
+            ALERTS_V1,
+        ),
+    ),
+)
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS {db}.schema_migrations
+(
+    version UInt32,
+    description String,
+    applied_at DateTime64(3) DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY version
+"""
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def render(statement: str, database: str, ttl_days: int | None, rollup_ttl_days: int | None) -> str:
+    """Fill in the database name and the TTL clauses (none when retention is unlimited)."""
+    ttl = f"TTL toDate(start_time) + INTERVAL {int(ttl_days)} DAY" if ttl_days else ""
+    ttl_lookup = f"TTL toDate(start) + INTERVAL {int(ttl_days)} DAY" if ttl_days else ""
+    ttl_rollups = f"TTL toDate(window_start) + INTERVAL {int(rollup_ttl_days)} DAY" if rollup_ttl_days else ""
+    return statement.format(
+        db=f"`{database}`",
+        ttl=ttl,
+        ttl_lookup=ttl_lookup,
+        ttl_rollups=ttl_rollups,
+    )

@@ -1,0 +1,28 @@
+"""`tracehouse sink`: run the span sink in this process until SIGTERM or Ctrl-C, then drain and exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from tracehouse.core.config import Settings
+from tracehouse.sinks.sink import Sink, SinkOptions
+
+log = logging.getLogger("tracehouse.sink")
+
+
+async def _main(settings: Settings, options: SinkOptions) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sink = Sink(settings, options)
+    log.info("tracehouse sink started (kafka %s, clickhouse %s)", settings.kafka_bootstrap, settings.clickhouse_url)
+    await sink.run(stop)
+    log.info("tracehouse sink stopped after %d rows", sink.stats.rows)
+
+
+def run_sink(settings: Settings, *, batch_rows: int = 10_000, flush_interval_s: float = 1.0) -> int:
+    asyncio.run(_main(settings, SinkOptions(batch_rows=batch_rows, flush_interval_s=flush_interval_s)))
+    return 0
