@@ -42,10 +42,14 @@ def _print_table(console: Console, title: str, columns: list[str], rows: list[tu
     console.print(table)
 
 
-def run_demo(settings: Settings, *, spans: int = 5000, partitions: int | None = None, keep: bool = False) -> int:
+def run_demo(
+    settings: Settings, *, spans: int = 5000, partitions: int | None = None, keep: bool = False
+) -> int:
     console = Console()
     run_id = uuid.uuid4().hex[:12]
-    console.print(f"[bold]tracehouse demo[/] (run {run_id}): {spans} spans through Kafka -> Faust -> ClickHouse")
+    console.print(
+        f"[bold]tracehouse demo[/] (run {run_id}): {spans} spans through Kafka -> Faust -> ClickHouse"
+    )
     with console.status("starting the local stack..."):
         t0 = time.monotonic()
         stack = LocalStack(settings, partitions=partitions).start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -89,6 +90,17 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return run_sink(_settings(args), batch_rows=args.batch_rows, flush_interval_s=args.flush_interval)
 
 
+def cmd_receiver(args: argparse.Namespace) -> int:
+    _need("receiver", "opentelemetry.proto")
+    from tracehouse.producers.otlp.app import DEFAULT_HOST, DEFAULT_PORT
+    from tracehouse.producers.otlp.server import run_receiver
+
+    tokens = [t for t in (args.token or []) if t]
+    host = args.host or os.environ.get("TRACEHOUSE_RECEIVER_HOST") or DEFAULT_HOST
+    port = args.port or int(os.environ.get("TRACEHOUSE_RECEIVER_PORT") or DEFAULT_PORT)
+    return run_receiver(_settings(args), host, port, tokens)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     _need("embedded", "chdb")
     from tracehouse.infra.stack import run_up
@@ -115,6 +127,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "demo": ("start what is missing, send realistic traffic, answer the six questions, exit", cmd_demo),
     "worker": ("run a stream-processing worker (Faust)", cmd_worker),
     "sink": ("run the ClickHouse sink", cmd_sink),
+    "receiver": ("run the OTLP/HTTP receiver (POST /v1/traces, protobuf and JSON)", cmd_receiver),
     "clickhouse": ("serve the embedded ClickHouse engine over ClickHouse's HTTP interface", cmd_clickhouse),
     "kafka": ("run a real Apache Kafka broker (KRaft) locally; needs Java 17", cmd_kafka),
     "migrate": ("create or upgrade the ClickHouse schema (idempotent)", cmd_migrate),
@@ -136,14 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     parsers["clickhouse"].add_argument("--host", help="address to bind (default: from the ClickHouse URL)")
     parsers["clickhouse"].add_argument("--port", type=int, help="port (default: from the ClickHouse URL)")
-    parsers["clickhouse"].add_argument("--path", type=Path, help="data directory (default: DATA_DIR/clickhouse)")
+    parsers["clickhouse"].add_argument(
+        "--path", type=Path, help="data directory (default: DATA_DIR/clickhouse)"
+    )
+    parsers["receiver"].add_argument("--host", help="address to bind [TRACEHOUSE_RECEIVER_HOST, 127.0.0.1]")
+    parsers["receiver"].add_argument("--port", type=int, help="port [TRACEHOUSE_RECEIVER_PORT, 4318]")
+    parsers["receiver"].add_argument(
+        "--token", action="append", help="accepted bearer token (repeatable) [TRACEHOUSE_RECEIVER_TOKENS]"
+    )
     parsers["kafka"].add_argument("--port", type=int, default=9092)
     parsers["kafka"].add_argument("--fetch-only", action="store_true", help="only fetch the broker's jars")
     parsers["migrate"].add_argument("--ttl-days", type=int, default=None, help="keep spans this many days")
     parsers["sink"].add_argument("--batch-rows", type=int, default=10_000)
     parsers["sink"].add_argument("--flush-interval", type=float, default=1.0, help="seconds")
     for name in ("up", "demo"):
-        parsers[name].add_argument("--partitions", type=int, default=None, help="partitions of tracehouse.spans")
+        parsers[name].add_argument(
+            "--partitions", type=int, default=None, help="partitions of tracehouse.spans"
+        )
     parsers["demo"].add_argument("--spans", type=int, default=5000, help="how many spans to send")
     parsers["demo"].add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     parsers["sql"].add_argument("sql", help="the statement")

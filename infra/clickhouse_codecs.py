@@ -8,11 +8,14 @@ frame. Results are compressed only when the client asks (`enable_http_compressio
 `Accept-Encoding`), as one frame per response because clickhouse-connect's lz4 reader expects that.
 
 Only libraries tracehouse already depends on are used: zlib, lz4 (aiokafka[lz4]) and zstd (the stdlib on
-3.14, backports.zstd before, which clickhouse-connect pulls in); brotli goes through cramjam if present.
+3.14, backports.zstd before, which clickhouse-connect pulls in); xz and bz2 from the standard library;
+brotli goes through cramjam if present.
 """
 
 from __future__ import annotations
 
+import bz2
+import lzma
 import struct
 import zlib
 from collections.abc import Callable
@@ -189,10 +192,10 @@ def _http_decoder(encoding: str | None):
         return _Frames(_zstd.ZstdDecompressor)
     if enc in ("br", "brotli") and _cramjam is not None:
         return _Whole(lambda b: bytes(_cramjam.brotli.decompress(b)))
-    if enc in ("xz",) and _cramjam is not None:
-        return _Whole(lambda b: bytes(_cramjam.xz.decompress(b)))
-    if enc in ("snappy",) and _cramjam is not None:
-        return _Whole(lambda b: bytes(_cramjam.snappy.decompress_raw(b)))
+    if enc in ("xz", "lzma"):
+        return _Frames(lzma.LZMADecompressor)
+    if enc in ("bz2", "bzip2"):
+        return _Frames(bz2.BZ2Decompressor)
     # 89 = UNKNOWN_COMPRESSION_METHOD
     raise CodecError(f"Unknown Content-Encoding of HTTP request: {encoding}", code=89)
 

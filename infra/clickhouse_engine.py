@@ -305,7 +305,12 @@ class Handle:
         data = bytes(chunk.bytes())
         if stats is not None:
             _result_stats(chunk, stats)
-        return self._output(out, data), False
+        try:
+            return self._output(out, data), False
+        except QueryError:
+            # The engine is still producing; a handle with an open stream answers nothing else
+            self.close_stream(stream)
+            raise
 
     def close_stream(self, stream: Any) -> None:
         try:
@@ -336,7 +341,7 @@ class Handle:
             raise self.engine.error(exc) from None
         try:
             if decoded:
-                inserter.append(decoded)
+                self._append(inserter, decoded)
             self.feed(inserter, decoder, raw)
             if last:
                 return None, self.finish_insert(inserter, decoder)
@@ -353,10 +358,14 @@ class Handle:
         except Exception as exc:
             raise self.engine.codec_error(exc) from None
         if data:
-            try:
-                inserter.append(data)
-            except Exception as exc:
-                raise self.engine.error(exc) from None
+            self._append(inserter, data)
+
+    def _append(self, inserter: Any, data: bytes) -> None:
+        # chdb parses on its own threads: bad data may fail here or only at finish()
+        try:
+            inserter.append(data)
+        except Exception as exc:
+            raise self.engine.error(exc) from None
 
     def finish_insert(self, inserter: Any, decoder: BodyDecoder) -> Stats:
         try:

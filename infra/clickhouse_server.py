@@ -5,7 +5,12 @@ Production points tracehouse at a ClickHouse server; for development and tests t
 so there is one code path to the database. It speaks the parts of the HTTP protocol those clients use:
 the query in the URL and/or the body, `param_*` query parameters, settings as URL parameters, sessions,
 inserts with the data in the body (compressed or not), streamed results, and ClickHouse's error format
-and status codes. See clickhouse_engine for how requests map onto chdb.
+and status codes. For clickhouse-go (Grafana) it also writes Native for the `client_protocol_version` a
+client names and frames responses in ClickHouse's compressed blocks for `compress=1`; see
+clickhouse_native. See clickhouse_engine for how requests map onto chdb.
+
+Not supported: external data (file fields in a multipart form), progress headers, query cancellation by
+KILL QUERY, HTTPS, and authentication (any user and password are accepted: this serves localhost).
 
 Run it as `python -m tracehouse.infra.clickhouse_server --data-dir DIR --port 8123`; it serves until
 SIGINT or SIGTERM. Only one process may open a data directory.
@@ -219,11 +224,13 @@ class ClickHouseHTTP:
             return await self._execute(request, req, decoder)
         except QueryError as err:
             return self._error(err, req)
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
+        except ConnectionResetError:
+            # The client went away mid-request; an insert it was sending has been cancelled
+            log.debug("client disconnected during query %s", req.query_id)
+            return web.Response(status=400, text="Connection lost\n")
         except Exception as exc:  # a bug here must still answer the way ClickHouse would
             log.exception("query %s failed", req.query_id)
-            return self._error(self.engine.fail(1001, f"{type(exc).__name__}: {exc}"), req)
+            return self._error(self.engine.error(exc), req)  # keeps a ClickHouse code found in the text
 
     async def _read_form(self, request: web.Request, params: dict[str, str]) -> None:
         """multipart/form-data: clickhouse-connect sends the query and large parameters as form fields."""

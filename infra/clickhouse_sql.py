@@ -11,10 +11,11 @@ Works on bytes because an INSERT's data can be binary (Native, RowBinary) right 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 # One token per match, tried in order. Strings, quoted identifiers and comments may be unterminated at
-# the end of a partial buffer; the `_OPEN` group catches that so the caller can ask for more bytes.
+# the end of a partial buffer; the `open` group catches that so the caller can ask for more bytes.
 _TOKEN = re.compile(
     rb"""
       (?P<ws>[ \t\n\r\f\v]+)
@@ -43,7 +44,7 @@ class Token:
     upper: bytes  # the token's text upper-cased, for keyword tests (empty for strings)
 
 
-def tokens(buf: bytes, start: int = 0):
+def tokens(buf: bytes, start: int = 0) -> Iterator[Token]:
     """Significant tokens (no whitespace or comments) from `start`; kind 'open' marks an unterminated one."""
     pos, end = start, len(buf)
     match = _TOKEN.match
@@ -55,17 +56,6 @@ def tokens(buf: bytes, start: int = 0):
             text = m.group()
             yield Token(kind, pos, m.end(), text.upper() if kind in ("word", "punct") else b"")
         pos = m.end()
-
-
-def leading_keyword(sql: bytes) -> bytes:
-    """The first keyword, upper-cased ('(' for a parenthesised SELECT), or b'' for empty text."""
-    for tok in tokens(sql):
-        return tok.upper
-    return b""
-
-
-def is_result_statement(sql: bytes) -> bool:
-    return leading_keyword(sql) in RESULT_KEYWORDS
 
 
 def output_format(sql: bytes) -> str | None:
@@ -166,8 +156,7 @@ def split_insert(buf: bytes, complete: bool) -> InsertHead | str:
 
 def _after_format(buf: bytes, fmt_kw: Token, it, complete: bool) -> InsertHead | str:
     name = next(it, None)
-    if name is None or (not complete and name.end >= len(buf) - 1):
-        # The name may be cut short, or the newline after it not arrived yet
+    if name is None or (not complete and name.end == len(buf)):  # the name may be cut short
         return NOT_DATA_INSERT if complete else NEED_MORE
     if name.kind not in ("word", "qid"):
         return NOT_DATA_INSERT
@@ -176,6 +165,8 @@ def _after_format(buf: bytes, fmt_kw: Token, it, complete: bool) -> InsertHead |
     pos, end = name.end, len(buf)
     while pos < end and buf[pos] in b" \t\f":
         pos += 1
+    if not complete and pos >= end - 1:  # a "\r\n" may be on its way
+        return NEED_MORE
     if pos < end and buf[pos] == 0x0D:
         pos += 1
     if pos < end and buf[pos] == 0x0A:

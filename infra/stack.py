@@ -40,11 +40,13 @@ class LocalStack:
     partitions: int | None = None
     with_worker: bool = True
     with_sink: bool = True
+    with_receiver: bool = False
     started: list[str] = field(default_factory=list)
     clickhouse: EmbeddedClickHouse | None = None
     kafka: NoidaKafka | None = None
     worker: ManagedProcess | None = None
     sink: ManagedProcess | None = None
+    receiver: ManagedProcess | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -57,7 +59,7 @@ class LocalStack:
         if self.clickhouse is not None:
             self.started.append(f"ClickHouse (embedded engine) at {self.clickhouse.url}")
         if not kafka_answers(settings.kafka_bootstrap):
-            host, port = _host_port(settings.kafka_bootstrap)
+            _, port = _host_port(settings.kafka_bootstrap)
             self.kafka = NoidaKafka(settings.data_dir / "kafka", port=port)
             self.kafka.start()
             self.started.append(f"Kafka (noida-db) at {self.kafka.bootstrap}")
@@ -69,8 +71,10 @@ class LocalStack:
             self.worker = ManagedProcess("worker", ["worker"], self.log_dir, env).start()
         if self.with_sink:
             self.sink = ManagedProcess("sink", ["sink"], self.log_dir, env).start()
-        for proc in (self.worker, self.sink):
-            if proc is not None and not proc.wait_for_log("started", timeout=60):
+        if self.with_receiver:
+            self.receiver = ManagedProcess("receiver", ["receiver"], self.log_dir, env).start()
+        for proc in self.children:
+            if not proc.wait_for_log("started", timeout=60):
                 tail = proc.log_tail()
                 self.stop()
                 raise RuntimeError(f"{proc.name} did not start; its log ({proc.log_path}):\n{tail}")
@@ -103,16 +107,19 @@ class LocalStack:
             "TRACEHOUSE_SPANS_PARTITIONS": str(self.partitions or s.spans_partitions),
         }
 
+    @property
+    def children(self) -> list[ManagedProcess]:
+        return [p for p in (self.worker, self.sink, self.receiver) if p is not None]
+
     def check(self) -> None:
         """Raise when a child process died: a stack with a dead part must not pretend to run."""
-        for proc in (self.worker, self.sink):
-            if proc is not None and not proc.alive():
+        for proc in self.children:
+            if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited; its log ({proc.log_path}):\n{proc.log_tail()}")
 
     def stop(self) -> None:
-        for proc in (self.worker, self.sink):
-            if proc is not None:
-                proc.stop()
+        for proc in self.children:
+            proc.stop()
         if self.kafka is not None:
             self.kafka.stop()
             self.kafka = None
@@ -141,13 +148,14 @@ def run_up(settings: Settings, *, partitions: int | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with console.status("starting the local stack..."):
-        stack = LocalStack(settings, partitions=partitions).start()
+        stack = LocalStack(settings, partitions=partitions, with_receiver=True).start()
     try:
         for line in stack.started:
             console.print(f"[green]started[/] {line}")
         s = stack.settings
         console.print(f"Kafka:      {s.kafka_bootstrap}")
         console.print(f"ClickHouse: {s.clickhouse_url}  (database {s.clickhouse.database})")
+        console.print("OTLP/HTTP:  http://127.0.0.1:4318/v1/traces (receiver)")
         console.print(f"logs:       {stack.log_dir}")
         console.print("send spans with the SDK or OTLP/HTTP; query with any ClickHouse client. Ctrl-C stops.")
         while not stopping:

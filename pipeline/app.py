@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
@@ -57,6 +58,9 @@ def create_app(
         "broker_commit_interval": 1.0,
         "consumer_auto_offset_reset": "earliest",
         "table_standby_replicas": 0,
+        # A worker that dies is noticed within 10 s, and its partitions move to the survivors.
+        "broker_session_timeout": 10.0,
+        "broker_heartbeat_interval": 2.0,
         # Held (unacknowledged) events are meant to be replayed by the next owner: never wait for them.
         "stream_wait_empty": False,
         "datadir": str(settings.data_dir / "worker"),
@@ -69,7 +73,7 @@ def create_app(
     rollups_topic = app.topic(topics.ROLLUPS, **raw)
     alerts_topic = app.topic(topics.ALERTS, **raw)
     dlq_topic = app.topic(topics.DLQ, **raw)
-    partials_topic = app.topic(PARTIALS_TOPIC, partitions=1, **raw)
+    partials_topic = app.topic(PARTIALS_TOPIC, partitions=1, internal=True, **raw)
 
     state_table = app.Table(
         STATE_TABLE,
@@ -109,8 +113,14 @@ def create_app(
     @app.agent(partials_topic, name="tracehouse.merge_rollups")
     async def merge_rollups(stream: faust.StreamT) -> None:
         manual = stream.noack()
+        partials_tp = TP(PARTIALS_TOPIC, 0)
+        merger.attach(
+            manual,
+            merger_table,
+            lambda: app.tables.recovery.completed.is_set() and partials_tp in app.consumer.assignment(),
+        )
         async for event in manual.events():
-            await merger.on_event(manual, event, merger_table)
+            await merger.on_event(event)
 
     @app.timer(0.25, name="tracehouse.tick")
     async def tick() -> None:

@@ -39,10 +39,32 @@ class _Trace:
     """Running aggregate of one trace; the span tree (`nodes`) is kept only while the trace is open."""
 
     __slots__ = (
-        "cached_tokens", "children_waiting", "cost", "end", "error_count", "first_arrival", "first_offset",
-        "input_tokens", "last_arrival", "nodes", "orphans", "output_tokens", "reasoning_tokens", "root",
-        "services", "session_id", "slowest", "span_count", "span_ids", "start", "total_tokens", "trace_id",
-        "unpriced", "user_id", "emitted_version", "emitted_at",
+        "cached_tokens",
+        "children_waiting",
+        "cost",
+        "emitted_at",
+        "emitted_version",
+        "end",
+        "error_count",
+        "first_arrival",
+        "first_offset",
+        "input_tokens",
+        "last_arrival",
+        "nodes",
+        "orphans",
+        "output_tokens",
+        "reasoning_tokens",
+        "root",
+        "services",
+        "session_id",
+        "slowest",
+        "span_count",
+        "span_ids",
+        "start",
+        "total_tokens",
+        "trace_id",
+        "unpriced",
+        "user_id",
     )
 
     def __init__(self, trace_id: str, offset: int, now: float) -> None:

@@ -34,6 +34,7 @@ from tracehouse.pipeline.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
+from tracehouse.pipeline.rollups import encode_partials
 
 log = logging.getLogger("tracehouse.worker")
 
@@ -58,7 +59,7 @@ class ProcessorOptions:
     max_age_s: float = 60.0
     revision_window_s: float = 30.0
     max_open_traces: int = 100_000
-    checkpoint_interval_s: float = 2.0
+    checkpoint_interval_s: float = 5.0
 
 
 @dataclass
@@ -94,7 +95,7 @@ class SpanProcessor:
         traces_out: Sendable,
         partials_out: Sendable | None,
         dlq_out: Sendable,
-        windows_factory: Callable[[bytes | None], WindowStage],
+        windows_factory: Callable[[int, bytes | None], WindowStage],
         options: ProcessorOptions | None = None,
         prices: PriceTable | None = None,
     ) -> None:
@@ -125,7 +126,7 @@ class SpanProcessor:
                 revision_window_s=self.options.revision_window_s,
                 max_open_traces=self.options.max_open_traces,
             )
-            windows = self.windows_factory(checkpoint.windows if checkpoint else None)
+            windows = self.windows_factory(partition, checkpoint.windows if checkpoint else None)
             state = _Partition(partition, assembler, windows, checkpoint.next_offset if checkpoint else 0)
             self._partitions[partition] = state
             if checkpoint is not None:
@@ -198,7 +199,9 @@ class SpanProcessor:
                 windows=state.windows.to_state(),
                 written_at_ns=time.time_ns(),
             )
-            write_snapshot(table, state.partition, checkpoint_key(state.partition), encode_checkpoint(snapshot))
+            write_snapshot(
+                table, state.partition, checkpoint_key(state.partition), encode_checkpoint(snapshot)
+            )
             state.dirty = False
             self.stats.checkpoints += 1
         state.last_checkpoint = time.monotonic()
@@ -216,7 +219,7 @@ class SpanProcessor:
                 await self._send_traces(records)
             partials = state.windows.due(wall)
             if partials and self.partials_out is not None:
-                await self.partials_out.send(value=encode_partials_message(state.partition, partials))
+                await self.partials_out.send(value=encode_partials(partials))
             if now - state.last_checkpoint >= self.options.checkpoint_interval_s:
                 await self.checkpoint(state)
         if now - self._last_log >= 10:
@@ -224,8 +227,13 @@ class SpanProcessor:
             s = self.stats
             log.info(
                 "worker: %d messages, %d spans (%d duplicates, %d rejected), %d traces, %d open, %d held",
-                s.messages, s.spans, s.duplicates, s.rejected, s.traces,
-                sum(p.assembler.open_traces for p in self._partitions.values()), self.held.count(),
+                s.messages,
+                s.spans,
+                s.duplicates,
+                s.rejected,
+                s.traces,
+                sum(p.assembler.open_traces for p in self._partitions.values()),
+                self.held.count(),
             )
 
     async def _send_traces(self, records: list[TraceRecord]) -> None:
@@ -258,9 +266,3 @@ def write_snapshot(table: Any, partition: int, key: bytes, value: bytes) -> None
 def checkpoint_key(partition: int) -> bytes:
     return f"spans-{partition}".encode()
 
-
-def encode_partials_message(partition: int, partials: list[Any]) -> bytes:
-    """Placeholder until the rollup stage defines its wire form."""
-    from tracehouse.pipeline.rollups import encode_partials
-
-    return encode_partials(partials)

@@ -9,10 +9,11 @@ Public API:
     RollupPartialRecord                             msgspec Struct: worker -> merger (tracehouse.rollups)
     encode_partials(records) -> bytes / decode_partials(data) -> list[RollupPartialRecord]
     WindowAggregator(window_seconds, grace_seconds, *, partition=0, max_groups=1000,
-                     retention_seconds=600, max_future_seconds=3600)
+                     retention_seconds=600, max_future_seconds=3600, clock=time.time)
       .add(span, cost_usd)                          hot path, once per span
       .due(now_s) -> list[RollupPartialRecord]      closed windows + revisions of late data
-      .to_state() -> bytes / WindowAggregator.from_state(data)
+      .event_time_s -> int | None                   end of the newest window with data (for catch-up)
+      .to_state() -> bytes / WindowAggregator.from_state(data, clock=time.time)
       .stats -> AggregatorStats
     Rollup                                          msgspec Struct, exactly the `rollups` table's columns
     RollupMerger(merge_delay_seconds=10, retention_seconds=720)
@@ -36,8 +37,8 @@ has forgotten those windows, and a row built from the late part alone would repl
 (Hence the merger's retention, 12 minutes by default, exceeds the workers' 10 plus the merge delay.)
 
 Bounded memory: `max_groups` groups per window (more go to the group "__other__" in all four key
-fields), windows no further than `max_future_seconds` ahead of the clock (spans from further ahead —
-a producer with a broken clock — are counted into the current window), closed windows for
+fields), windows no further than `max_future_seconds` ahead of the wall clock (`clock`; spans from
+further ahead — a producer with a broken clock — are counted into the current window), closed windows for
 `retention_seconds`.
 """
 
@@ -45,6 +46,8 @@ from __future__ import annotations
 
 import base64
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -281,6 +284,7 @@ class _AggregatorState(msgspec.Struct):
     max_future_seconds: float
     closed_through: float
     last_now: float | None
+    newest_start: int
     open: list[RollupPartialRecord]
     closed: list[_ClosedWindow]
     late: list[RollupPartialRecord]
@@ -303,6 +307,7 @@ class WindowAggregator:
         max_groups: int = 1000,
         retention_seconds: float = 600.0,
         max_future_seconds: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if window_seconds <= 0 or int(window_seconds) != window_seconds:
             raise ValueError(f"window_seconds must be a positive integer, got {window_seconds!r}")
@@ -314,6 +319,7 @@ class WindowAggregator:
         self.max_groups = max_groups
         self.retention_seconds = float(retention_seconds)
         self.max_future_seconds = float(max_future_seconds)
+        self._clock = clock
         self.stats = AggregatorStats()
         self._window_ns = self.window_seconds * _NS
         self._open: dict[int, dict[tuple[str, str, str, str], WindowPartial]] = {}
@@ -324,6 +330,7 @@ class WindowAggregator:
         self._future_limit = math.inf  # window starts beyond this are "from the future"
         self._cur_start = -1
         self._cur_groups: dict[tuple[str, str, str, str], WindowPartial] = {}
+        self._newest_start = -1  # the newest window that ever received a span
 
     # --- hot path -------------------------------------------------------------------------------------
 
@@ -355,14 +362,32 @@ class WindowAggregator:
             return None
         if start > self._future_limit:
             self.stats.future_spans += 1
-            assert self._last_now is not None
-            start = int(self._last_now // self.window_seconds) * self.window_seconds
-            if start <= self._closed_through:  # a grace of zero: the current window is closed already
-                start += self.window_seconds
+            start = self._current_start()
+        return self._open_window(start)
+
+    def _open_window(self, start: int) -> dict[tuple[str, str, str, str], WindowPartial]:
         groups = self._open.get(start)
         if groups is None:
             groups = self._open[start] = {}
+            if start > self._newest_start:
+                self._newest_start = start
         return groups
+
+    def _current_start(self) -> int:
+        """The window of the clock's now (the next one when a zero grace has closed it already)."""
+        assert self._last_now is not None
+        start = int(self._last_now // self.window_seconds) * self.window_seconds
+        return start + self.window_seconds if start <= self._closed_through else start
+
+    def _fold_into_current(self, groups: dict[tuple[str, str, str, str], WindowPartial]) -> None:
+        """Move a far-future window's groups into the current window (see max_future_seconds)."""
+        current = self._open_window(self._current_start())
+        for key, partial in groups.items():
+            self.stats.future_spans += partial.count
+            target = current.get(key)
+            if target is None:
+                target = self._new_group(current, key)
+            target.merge(partial)
 
     def _new_group(
         self, groups: dict[tuple[str, str, str, str], WindowPartial], key: tuple[str, str, str, str]
@@ -406,15 +431,20 @@ class WindowAggregator:
     def due(self, now_s: float) -> list[RollupPartialRecord]:
         """Close the windows whose end + grace <= now_s, re-emit groups that received late spans, and
         forget closed windows older than the retention. Returns the records to send to the merger."""
+        now_s = float(now_s)
         if self._last_now is not None and now_s < self._last_now:
             now_s = self._last_now  # the clock went back: keep the watermark where it was
         self._last_now = now_s
         self._closed_through = max(self._closed_through, now_s - self.window_seconds - self.grace_seconds)
-        self._future_limit = now_s + self.max_future_seconds
+        # the wall clock, not now_s: a caller closing windows by event time (catching up) may pass an
+        # old now_s, and spans after a quiet gap in the backlog are not "from the future"
+        self._future_limit = self._clock() + self.max_future_seconds
         self._cur_start = -1
         self._cur_groups = {}
         out: list[RollupPartialRecord] = []
         ws, partition = self.window_seconds, self.partition
+        for start in [s for s in self._open if s > self._future_limit]:  # opened before the clock was known
+            self._fold_into_current(self._open.pop(start))
         for start in sorted(s for s in self._open if s <= self._closed_through):
             groups = self._open.pop(start)
             records = [p.to_record(k, start, ws, partition, 0) for k, p in groups.items()]
@@ -441,6 +471,18 @@ class WindowAggregator:
     def open_windows(self) -> list[int]:
         return sorted(self._open)
 
+    @property
+    def event_time_s(self) -> int | None:
+        """The end of the newest window that received a span (event time, to the window), or None.
+
+        For catching up on a backlog, close windows by event time: call `due(min(time.time(),
+        event_time_s))` while the partition is receiving spans, and `due(time.time())` once it has been
+        quiet for longer than window + grace (so its last window closes too). With the wall clock
+        alone, every old window closes at the first tick and its replayed spans all arrive "late" (as
+        revisions, or dropped past the retention).
+        """
+        return self._newest_start + self.window_seconds if self._newest_start >= 0 else None
+
     # --- snapshots ------------------------------------------------------------------------------------
 
     def to_state(self) -> bytes:
@@ -456,6 +498,7 @@ class WindowAggregator:
             max_future_seconds=self.max_future_seconds,
             closed_through=self._closed_through,
             last_now=self._last_now,
+            newest_start=self._newest_start,
             open=[p.to_record(k, s, ws, partition, -1) for s, g in self._open.items() for k, p in g.items()],
             closed=list(self._closed.values()),
             late=[p.to_record(k, s, ws, partition, -1) for s, g in self._late.items() for k, p in g.items()],
@@ -464,7 +507,7 @@ class WindowAggregator:
         return _state_encoder.encode(state)
 
     @classmethod
-    def from_state(cls, data: bytes) -> WindowAggregator:
+    def from_state(cls, data: bytes, clock: Callable[[], float] = time.time) -> WindowAggregator:
         state = _aggregator_state_decoder.decode(data)
         if state.v != _STATE_VERSION:
             raise ValueError(f"aggregator state version {state.v} is not {_STATE_VERSION}")
@@ -475,11 +518,13 @@ class WindowAggregator:
             max_groups=state.max_groups,
             retention_seconds=state.retention_seconds,
             max_future_seconds=state.max_future_seconds,
+            clock=clock,
         )
         agg._closed_through = state.closed_through
         agg._last_now = state.last_now
+        agg._newest_start = state.newest_start
         if state.last_now is not None:
-            agg._future_limit = state.last_now + state.max_future_seconds
+            agg._future_limit = clock() + state.max_future_seconds
         for record in state.open:
             agg._open.setdefault(record.window_start, {})[record.key] = WindowPartial.from_record(record)
         agg._closed = {c.window_start: c for c in state.closed}
@@ -635,6 +680,7 @@ class RollupMerger:
     def due(self, now_s: float) -> list[Rollup]:
         """Rows of the windows whose end + merge_delay <= now_s, and revised rows (merged totals) of
         emitted windows that received partials since; forgets emitted windows past the retention."""
+        now_s = float(now_s)
         if self._last_now is not None and now_s < self._last_now:
             now_s = self._last_now
         self._last_now = now_s
@@ -656,9 +702,7 @@ class RollupMerger:
                 out.append(merge_records(list(window.groups[gkey].values())))
         self.stats.rollups += len(out)
         horizon = now_s - self.retention_seconds
-        for wkey in [
-            k for k, w in self._windows.items() if w.emitted and w.window_start + w.window_seconds < horizon
-        ]:
+        for wkey in [k for k, w in self._windows.items() if w.emitted and w.window_start + w.window_seconds < horizon]:
             del self._windows[wkey]
         return out
 

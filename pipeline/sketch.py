@@ -117,6 +117,9 @@ class LatencySketch:
         out: list[float] = []
         for q in qs:
             rank = q * (self.count - 1)
+            if rank >= self.count - 1:
+                out.append(self.max)  # the largest value is known exactly
+                continue
             cumulative = self.zero_count
             if cumulative > rank:
                 out.append(self.min)  # the zero bucket: values below 1 µs, min is the best estimate
@@ -165,9 +168,7 @@ class LatencySketch:
         except msgspec.DecodeError as exc:
             raise ValueError(f"not a latency sketch: {exc}") from None
         if wire.v != _WIRE_VERSION or wire.alpha != RELATIVE_ACCURACY:
-            raise ValueError(
-                f"sketch version {wire.v} / accuracy {wire.alpha} is not mergeable with this one"
-            )
+            raise ValueError(f"sketch version {wire.v} / accuracy {wire.alpha} is not mergeable with this one")
         if len(wire.key_deltas) != len(wire.counts):
             raise ValueError("corrupt sketch: keys and counts differ in length")
         sketch = cls()

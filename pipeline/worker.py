@@ -18,8 +18,14 @@ def run_worker(settings: Settings, *, verbose: bool = False) -> int:
 
     @app.task
     async def announce() -> None:
-        # Printed, not logged: Faust owns the logging setup, and `up`/tests wait for this line.
-        print(f"tracehouse worker started (kafka {settings.kafka_bootstrap})", file=sys.stderr, flush=True)
+        # Faust owns the root logger (at WARNING); tracehouse's own progress lines get a handler of their own.
+        ours = logging.getLogger("tracehouse")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.DEBUG if verbose else logging.INFO)
+        ours.propagate = False
+        log.info("tracehouse worker started (kafka %s)", settings.kafka_bootstrap)
 
     worker = faust.Worker(app, loglevel="debug" if verbose else "warn", quiet=True, redirect_stdouts=False)
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+
 from tracehouse.core.schema import Span, encode_span
 
 from .payload import fit

@@ -170,10 +170,19 @@ class TraceFactory:
         emb_end = t + self._ms(20, 120)
         spans.append(
             Span(
-                trace_id=trace_id, span_id=self._span_id(), parent_span_id=root_id, name="embed_query",
-                kind="EMBEDDING", service=service, start_time_ns=t, end_time_ns=emb_end, status="OK",
-                input=question, llm=LLMCall(model="text-embedding-3-small", provider="openai"),
-                usage=TokenUsage(input=self.rng.randint(8, 40)), user_id=user,
+                trace_id=trace_id,
+                span_id=self._span_id(),
+                parent_span_id=root_id,
+                name="embed_query",
+                kind="EMBEDDING",
+                service=service,
+                start_time_ns=t,
+                end_time_ns=emb_end,
+                status="OK",
+                input=question,
+                llm=LLMCall(model="text-embedding-3-small", provider="openai"),
+                usage=TokenUsage(input=self.rng.randint(8, 40)),
+                user_id=user,
             )
         )
         ret_end = emb_end + self._ms(30, 900)
@@ -189,9 +198,18 @@ class TraceFactory:
         ]
         spans.append(
             Span(
-                trace_id=trace_id, span_id=self._span_id(), parent_span_id=root_id, name="vector_search",
-                kind="RETRIEVER", service=service, start_time_ns=emb_end, end_time_ns=ret_end, status="OK",
-                input=question, documents=documents, attributes={"db.system": "qdrant", "top_k": "5"},
+                trace_id=trace_id,
+                span_id=self._span_id(),
+                parent_span_id=root_id,
+                name="vector_search",
+                kind="RETRIEVER",
+                service=service,
+                start_time_ns=emb_end,
+                end_time_ns=ret_end,
+                status="OK",
+                input=question,
+                documents=documents,
+                attributes={"db.system": "qdrant", "top_k": "5"},
                 user_id=user,
             )
         )
@@ -199,13 +217,21 @@ class TraceFactory:
         reranked = sorted(documents[:3], key=lambda d: self.rng.random())
         spans.append(
             Span(
-                trace_id=trace_id, span_id=self._span_id(), parent_span_id=root_id, name="rerank",
-                kind="RERANKER", service=service, start_time_ns=ret_end, end_time_ns=rr_end, status="OK",
+                trace_id=trace_id,
+                span_id=self._span_id(),
+                parent_span_id=root_id,
+                name="rerank",
+                kind="RERANKER",
+                service=service,
+                start_time_ns=ret_end,
+                end_time_ns=rr_end,
+                status="OK",
                 documents=[
                     Document(d.id, d.content, round(0.99 - i * 0.05, 4), i, d.metadata)
                     for i, d in enumerate(reranked)
                 ],
-                llm=LLMCall(model="rerank-english-v3.0", provider="cohere"), user_id=user,
+                llm=LLMCall(model="rerank-english-v3.0", provider="cohere"),
+                user_id=user,
             )
         )
         template = PromptTemplate(
@@ -214,16 +240,26 @@ class TraceFactory:
             template=RAG_TEMPLATE,
             variables={"question": question, "context": "; ".join(d.id for d in reranked)},
         )
-        llm = self._llm_span(trace_id, root_id, rr_end, service, "generate_answer", question,
-                             template=template, user=user)
+        llm = self._llm_span(
+            trace_id, root_id, rr_end, service, "generate_answer", question, template=template, user=user
+        )
         spans.append(llm)
         end = llm.end_time_ns + self._ms(1, 10)
         root_status = "ERROR" if llm.status == "ERROR" else "OK"
         spans.append(
             Span(
-                trace_id=trace_id, span_id=root_id, name="rag_pipeline", kind="CHAIN", service=service,
-                start_time_ns=now, end_time_ns=end, status=root_status, input=question,
-                output=llm.output, user_id=user, tags=["rag", "production"],
+                trace_id=trace_id,
+                span_id=root_id,
+                name="rag_pipeline",
+                kind="CHAIN",
+                service=service,
+                start_time_ns=now,
+                end_time_ns=end,
+                status=root_status,
+                input=question,
+                output=llm.output,
+                user_id=user,
+                tags=["rag", "production"],
                 scores=[Score("relevance", round(self.rng.uniform(0.4, 1.0), 3), source="llm_judge")],
             )
         )
@@ -240,9 +276,18 @@ class TraceFactory:
         guard_end = t + self._ms(5, 40)
         spans.append(
             Span(
-                trace_id=trace_id, span_id=self._span_id(), parent_span_id=root_id, name="input_guardrail",
-                kind="GUARDRAIL", service=service, start_time_ns=t, end_time_ns=guard_end, status="OK",
-                input=question, output='{"allowed": true}', user_id=user,
+                trace_id=trace_id,
+                span_id=self._span_id(),
+                parent_span_id=root_id,
+                name="input_guardrail",
+                kind="GUARDRAIL",
+                service=service,
+                start_time_ns=t,
+                end_time_ns=guard_end,
+                status="OK",
+                input=question,
+                output='{"allowed": true}',
+                user_id=user,
             )
         )
         t = guard_end
@@ -262,10 +307,19 @@ class TraceFactory:
             tool_end = t + self._ms(10, 1500)
             spans.append(
                 Span(
-                    trace_id=trace_id, span_id=self._span_id(), parent_span_id=root_id, name=tool_name,
-                    kind="TOOL", service=service, start_time_ns=t, end_time_ns=tool_end, status="OK",
-                    input='{"q": "x"}', output='{"result": "ok"}',
-                    attributes={"tool.name": tool_name}, user_id=user,
+                    trace_id=trace_id,
+                    span_id=self._span_id(),
+                    parent_span_id=root_id,
+                    name=tool_name,
+                    kind="TOOL",
+                    service=service,
+                    start_time_ns=t,
+                    end_time_ns=tool_end,
+                    status="OK",
+                    input='{"q": "x"}',
+                    output='{"result": "ok"}',
+                    attributes={"tool.name": tool_name},
+                    user_id=user,
                 )
             )
             t = tool_end
@@ -276,9 +330,17 @@ class TraceFactory:
             failed = final.status == "ERROR"
         spans.append(
             Span(
-                trace_id=trace_id, span_id=root_id, name="research_agent", kind="AGENT", service=service,
-                start_time_ns=now, end_time_ns=t + self._ms(1, 5), status="ERROR" if failed else "OK",
-                status_message="rate limited" if failed else "", input=question, user_id=user,
+                trace_id=trace_id,
+                span_id=root_id,
+                name="research_agent",
+                kind="AGENT",
+                service=service,
+                start_time_ns=now,
+                end_time_ns=t + self._ms(1, 5),
+                status="ERROR" if failed else "OK",
+                status_message="rate limited" if failed else "",
+                input=question,
+                user_id=user,
                 tags=["agent"],
             )
         )
@@ -299,12 +361,30 @@ class TraceFactory:
         trace_id, root_id = self._trace_id(), self._span_id()
         service = "support-bot"
         question = self.rng.choice(QUESTIONS)
-        llm = self._llm_span(trace_id, root_id, now + self._ms(1, 3), service, "chat_completion", question,
-                             session=session, user=user)
+        llm = self._llm_span(
+            trace_id,
+            root_id,
+            now + self._ms(1, 3),
+            service,
+            "chat_completion",
+            question,
+            session=session,
+            user=user,
+        )
         root = Span(
-            trace_id=trace_id, span_id=root_id, name="chat_turn", kind="CHAIN", service=service,
-            start_time_ns=now, end_time_ns=llm.end_time_ns + self._ms(1, 5), status=llm.status,
-            input=question, output=llm.output, session_id=session, user_id=user, tags=["chat"],
+            trace_id=trace_id,
+            span_id=root_id,
+            name="chat_turn",
+            kind="CHAIN",
+            service=service,
+            start_time_ns=now,
+            end_time_ns=llm.end_time_ns + self._ms(1, 5),
+            status=llm.status,
+            input=question,
+            output=llm.output,
+            session_id=session,
+            user_id=user,
+            tags=["chat"],
         )
         return [llm, root]
 

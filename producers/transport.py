@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
 from tracehouse.core import topics
 from tracehouse.core.partitioning import partition_for
 from tracehouse.core.schema import Span, encode_batch

@@ -11,9 +11,7 @@ from clickhouse_connect.driver.client import Client
 from tracehouse.core.config import ClickHouseTarget
 
 
-async def async_client(
-    target: ClickHouseTarget, *, database: str | None = "", **kwargs: Any
-) -> AsyncClient:
+async def async_client(target: ClickHouseTarget, *, database: str | None = "", **kwargs: Any) -> AsyncClient:
     """An async client; `database=""` means the target's database, None means none (for CREATE DATABASE)."""
     db = target.database if database == "" else database
     return await clickhouse_connect.get_async_client(
@@ -28,5 +26,8 @@ def sync_client(target: ClickHouseTarget, *, database: str | None = "", **kwargs
     """A sync client, for scripts and tests that are not async."""
     db = target.database if database == "" else database
     return clickhouse_connect.get_client(
-        **target.client_kwargs(), database=db or "__default__", compress=kwargs.pop("compress", "lz4"), **kwargs
+        **target.client_kwargs(),
+        database=db or "__default__",
+        compress=kwargs.pop("compress", "lz4"),
+        **kwargs,
     )

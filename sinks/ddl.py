@@ -1,8 +1,9 @@
 """The ClickHouse schema of database `tracehouse`, as ordered, versioned migrations.
 
-Each migration is a list of idempotent statements (`IF NOT EXISTS`, `ADD COLUMN IF NOT EXISTS`); the
-`schema_migrations` table records which versions ran, so `tracehouse migrate` upgrades an existing
-database in place and running it twice changes nothing. The layout follows the OpenTelemetry ClickHouse
+Each migration is a list of idempotent statements (`IF NOT EXISTS`, `ADD COLUMN IF NOT EXISTS`; the one
+exception, version 2's backfill, says when that matters); the `schema_migrations` table records which
+versions ran, so `tracehouse migrate` upgrades an existing database in place and running it twice changes
+nothing. The layout follows the OpenTelemetry ClickHouse
 exporter's reference DDL: Delta+ZSTD on nanosecond times, LowCardinality for names, kinds and models, ZSTD
 on payloads, a bloom filter on trace id, and a trace-id -> time lookup table so "show trace X" reads one
 day's partition instead of all of them. `spans` is a ReplacingMergeTree keyed down to the span id, so a
@@ -218,6 +219,83 @@ PARTITION BY toYYYYMM(fired_at)
 ORDER BY (rule, service, window_start, state)
 """
 
+# ---- version 2: per-minute aggregates of `spans`, any service/kind/name/model at any granularity ----------
+#
+# `rollups` holds what the worker computed for the alert rules' windows; `spans_minutely` is what SQL
+# needs to ask about any group and any time step without scanning `spans`: one row per (minute, service,
+# kind, name, model) holding mergeable states (-State); queries read it with -Merge and roll minutes up to
+# any coarser step (see sinks/queries/latency-by-minute.sql). Latency is a t-digest (quantilesTDigest):
+# a few KB per group and minute, accurate to about 1 % at p95/p99, and it merges exactly like the
+# counts, so an hour is the merge of its sixty minutes.
+#
+# The view counts every row inserted into `spans`. The sink inserts each Kafka offset once, so the only
+# double counts are spans a producer sent twice (a retry): `spans` collapses those on merge, the
+# aggregates keep both.
+SPANS_MINUTELY_V2 = """
+CREATE TABLE IF NOT EXISTS {db}.spans_minutely
+(
+    minute DateTime CODEC(Delta(4), ZSTD(1)),
+    service LowCardinality(String),
+    kind LowCardinality(String),
+    name LowCardinality(String),
+    model LowCardinality(String),
+    calls AggregateFunction(count),
+    errors AggregateFunction(countIf, UInt8),
+    latency_ns AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), Int64),
+    max_duration_ns AggregateFunction(max, Int64),
+    input_tokens AggregateFunction(sum, UInt32),
+    output_tokens AggregateFunction(sum, UInt32),
+    cached_tokens AggregateFunction(sum, UInt32),
+    reasoning_tokens AggregateFunction(sum, UInt32),
+    total_tokens AggregateFunction(sum, UInt32),
+    cost_usd AggregateFunction(sum, Float64)
+)
+ENGINE = AggregatingMergeTree
+PARTITION BY toDate(minute)
+ORDER BY (service, kind, model, name, minute)
+{ttl_minutely}
+"""
+
+# The SELECT both the view and the backfill use, so the two cannot drift apart.
+_SPANS_MINUTELY_SELECT = """
+SELECT
+    toStartOfMinute(start_time) AS minute,
+    service,
+    kind,
+    name,
+    model,
+    countState() AS calls,
+    countIfState(status = 'ERROR') AS errors,
+    quantilesTDigestState(0.5, 0.95, 0.99)(duration_ns) AS latency_ns,
+    maxState(duration_ns) AS max_duration_ns,
+    sumState(input_tokens) AS input_tokens,
+    sumState(output_tokens) AS output_tokens,
+    sumState(cached_tokens) AS cached_tokens,
+    sumState(reasoning_tokens) AS reasoning_tokens,
+    sumState(total_tokens) AS total_tokens,
+    sumState(cost_usd) AS cost_usd
+"""
+
+SPANS_MINUTELY_MV_V2 = (
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.spans_minutely_mv TO {db}.spans_minutely AS"
+    + _SPANS_MINUTELY_SELECT
+    + "FROM {db}.spans\nGROUP BY minute, service, kind, name, model\n"
+)
+
+# Backfill: the view only sees inserts made after it exists, so the spans already stored are aggregated
+# once, here, right after the view is created. It is cheap next to the data it summarises: one pass over
+# the light columns of `spans` (no payloads), FINAL so a stored duplicate counts once. Caveats, both only
+# when something inserts spans while this migration runs: a span inserted between the view's creation
+# and the backfill's read (milliseconds) is counted twice; and unlike every other statement here this one
+# is not idempotent, so a backfill that failed midway (the version is then not recorded) may count part
+# of the old data twice when migrate runs again. Run migrate before the sink starts, as `tracehouse up`
+# does, and neither can happen.
+SPANS_MINUTELY_BACKFILL_V2 = (
+    "INSERT INTO {db}.spans_minutely"
+    + _SPANS_MINUTELY_SELECT
+    + "FROM {db}.spans FINAL\nGROUP BY minute, service, kind, name, model\n"
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -232,6 +310,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             ROLLUPS_V1,
             ALERTS_V1,
         ),
+    ),
+    Migration(
+        2,
+        "spans_minutely: per-minute aggregate states of spans (view + backfill of stored spans)",
+        (SPANS_MINUTELY_V2, SPANS_MINUTELY_MV_V2, SPANS_MINUTELY_BACKFILL_V2),
     ),
 )
 
@@ -254,9 +337,12 @@ def render(statement: str, database: str, ttl_days: int | None, rollup_ttl_days:
     ttl = f"TTL toDate(start_time) + INTERVAL {int(ttl_days)} DAY" if ttl_days else ""
     ttl_lookup = f"TTL toDate(start) + INTERVAL {int(ttl_days)} DAY" if ttl_days else ""
     ttl_rollups = f"TTL toDate(window_start) + INTERVAL {int(rollup_ttl_days)} DAY" if rollup_ttl_days else ""
+    ttl_minutely = f"TTL toDate(minute) + INTERVAL {int(rollup_ttl_days)} DAY" if rollup_ttl_days else ""
     return statement.format(
         db=f"`{database}`",
         ttl=ttl,
         ttl_lookup=ttl_lookup,
         ttl_rollups=ttl_rollups,
+        ttl_minutely=ttl_minutely,
     )
+

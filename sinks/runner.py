@@ -18,7 +18,9 @@ async def _main(settings: Settings, options: SinkOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sink = Sink(settings, options)
-    log.info("tracehouse sink started (kafka %s, clickhouse %s)", settings.kafka_bootstrap, settings.clickhouse_url)
+    log.info(
+        "tracehouse sink started (kafka %s, clickhouse %s)", settings.kafka_bootstrap, settings.clickhouse_url
+    )
     await sink.run(stop)
     log.info("tracehouse sink stopped after %d rows", sink.stats.rows)
 

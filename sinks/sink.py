@@ -157,10 +157,12 @@ class Sink:
         last_stats = time.monotonic()
         try:
             while not stop.is_set():
-                batch = await self._consumer.getmany(timeout_ms=100, max_records=2_000)
+                batch = await self._consumer.getmany(timeout_ms=100, max_records=500)
                 for tp, messages in batch.items():
                     for message in messages:
                         await self._add(tp, message.offset, message.value)
+                        if self._full():  # a message carries hundreds of rows: check after each
+                            await self._flush(stop)
                 if self._due():
                     await self._flush(stop)
                 now = time.monotonic()
@@ -179,7 +181,9 @@ class Sink:
             try:
                 return await async_client(self.settings.clickhouse)
             except Exception as exc:  # connection refused, DNS, auth: wait and say so
-                log.warning("ClickHouse at %s not reachable (%s); retrying", self.settings.clickhouse_url, exc)
+                log.warning(
+                    "ClickHouse at %s not reachable (%s); retrying", self.settings.clickhouse_url, exc
+                )
                 await self._sleep(stop, delay)
                 delay = min(delay * 2, self.options.retry_max_s)
         return None
@@ -205,6 +209,10 @@ class Sink:
             buffer.origins.extend([(tp.partition, offset)] * len(rows))
         pending.rows += len(rows)
         pending.bytes += len(value) * 3  # decoded rows are a few times the msgpack size
+
+    def _full(self) -> bool:
+        pending = self._pending
+        return pending.rows >= self.options.batch_rows or pending.bytes >= self.options.batch_bytes
 
     def _due(self) -> bool:
         pending = self._pending
@@ -252,11 +260,18 @@ class Sink:
                 attempts += 1
                 self.stats.retries += 1
                 if stop.is_set() and (final or attempts >= 3):
-                    log.warning("stopping with %d rows not inserted (%s); Kafka keeps them", len(buffer.rows), exc)
+                    log.warning(
+                        "stopping with %d rows not inserted (%s); Kafka keeps them", len(buffer.rows), exc
+                    )
                     return False
                 log.warning(
                     "insert of %d rows into %s failed (%s: %s); retry %d in %.1fs",
-                    len(buffer.rows), buffer.route.table, type(exc).__name__, str(exc)[:200], attempts, delay,
+                    len(buffer.rows),
+                    buffer.route.table,
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    attempts,
+                    delay,
                 )
                 await self._sleep(stop, delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.options.retry_max_s)
@@ -330,7 +345,10 @@ class Sink:
             if committed is None or committed < resume:
                 log.info(
                     "partition %d: ClickHouse holds offsets up to %d; resuming at %d (committed %s)",
-                    tp.partition, resume - 1, resume, committed,
+                    tp.partition,
+                    resume - 1,
+                    resume,
+                    committed,
                 )
                 self._consumer.seek(tp, resume)
 
@@ -353,7 +371,9 @@ class Sink:
 
     # ---- helpers ----------------------------------------------------------------------------
 
-    async def _dead_letter(self, reason: str, stage: str, payload: bytes, tp: TopicPartition, offset: int) -> None:
+    async def _dead_letter(
+        self, reason: str, stage: str, payload: bytes, tp: TopicPartition, offset: int
+    ) -> None:
         assert self._dlq is not None
         letter = DeadLetter(
             reason=reason,
@@ -366,13 +386,20 @@ class Sink:
         )
         await self._dlq.send_and_wait(topics.DLQ, encode_dead_letter(letter))
         self.stats.dead_letters += 1
-        log.warning("dead-lettered %s record from %s[%d]@%d: %s", stage, tp.topic, tp.partition, offset, reason)
+        log.warning(
+            "dead-lettered %s record from %s[%d]@%d: %s", stage, tp.topic, tp.partition, offset, reason
+        )
 
     def _log_stats(self) -> None:
         s = self.stats
         log.info(
             "sink: %d rows in %d batches (%.0f rows/s), last batch %d rows, %d retries, %d dead letters",
-            s.rows, s.batches, s.rate(), s.last_batch_rows, s.retries, s.dead_letters,
+            s.rows,
+            s.batches,
+            s.rate(),
+            s.last_batch_rows,
+            s.retries,
+            s.dead_letters,
         )
 
     @staticmethod

@@ -36,8 +36,13 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         create_topics(
             broker.bootstrap,
-            {topics.SPANS: SPANS_PARTITIONS, topics.TRACES: SPANS_PARTITIONS, topics.ROLLUPS: 1,
-             topics.ALERTS: 1, topics.DLQ: 1},
+            {
+                topics.SPANS: SPANS_PARTITIONS,
+                topics.TRACES: SPANS_PARTITIONS,
+                topics.ROLLUPS: 1,
+                topics.ALERTS: 1,
+                topics.DLQ: 1,
+            },
         )
         yield broker.bootstrap
     finally:

@@ -30,6 +30,13 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from tracehouse.infra.clickhouse_cityhash import city_hash128
 from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse, clickhouse_answers, ensure_clickhouse
+from tracehouse.infra.clickhouse_sql import (
+    NEED_MORE,
+    NOT_DATA_INSERT,
+    InsertHead,
+    output_format,
+    split_insert,
+)
 from tracehouse.infra.ports import free_port
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -325,6 +332,56 @@ def test_insert_compressions(server: EmbeddedClickHouse, client: Client) -> None
         c.close()
 
 
+def test_native_insert_whose_data_starts_with_a_newline(server: EmbeddedClickHouse, client: Client) -> None:
+    """Ten columns: the Native block starts with byte 0x0A right after "FORMAT Native\\n"."""
+    cols = [f"c{i}" for i in range(10)]
+    client.command(
+        f"CREATE TABLE t.ten ({', '.join(c + ' UInt8' for c in cols)}) ENGINE = MergeTree ORDER BY c0"
+    )
+    for codec in (False, "lz4"):
+        c = clickhouse_connect.get_client(host=server.host, port=server.port, compress=codec)
+        c.insert("t.ten", [list(range(10))] * 3, column_names=cols)
+        c.close()
+    assert client.query("SELECT count(), sum(c9) FROM t.ten").result_rows == [(6, 54)]
+
+
+@pytest.mark.parametrize(
+    ("text", "complete", "expected"),
+    [
+        (b"INSERT INTO t FORMAT Native\n\n\x01", True, ("INSERT INTO t", "Native", b"\n\x01")),
+        (b"insert into format format CSV\n1,2", True, ("insert into format", "CSV", b"1,2")),
+        (
+            b"/* c */ INSERT INTO db.`values` (a, b) VALUES (1, 'x')",
+            True,
+            ("/* c */ INSERT INTO db.`values` (a, b)", "Values", b" (1, 'x')"),
+        ),
+        (
+            b"INSERT INTO t SETTINGS x = 'FORMAT' FORMAT TSV\r\n1",
+            True,
+            ("INSERT INTO t SETTINGS x = 'FORMAT'", "TSV", b"1"),
+        ),
+        (b"INSERT INTO t SELECT 1", True, NOT_DATA_INSERT),
+        (b"SELECT 1 FORMAT CSV", True, NOT_DATA_INSERT),
+        (b"INSER", False, NEED_MORE),
+        (b"INSERT INTO t FORMAT JSONEach", False, NEED_MORE),
+        (b"INSERT INTO t FORMAT CSV 'data", False, ("INSERT INTO t", "CSV", b"'data")),
+        (b"INSERT INTO t SETTINGS x = 'unfinished", False, NEED_MORE),
+    ],
+)
+def test_split_insert(text: bytes, complete: bool, expected: object) -> None:
+    found = split_insert(text, complete)
+    if isinstance(found, InsertHead):
+        found = (found.statement, found.format, text[found.data_start :])
+    assert found == expected
+
+
+def test_output_format() -> None:
+    assert output_format(b"SELECT 1 FORMAT JSON") == "JSON"
+    assert output_format(b"select format('{}', 1) format TSV settings x = 1;") == "TSV"
+    assert output_format(b"SELECT format FROM t") is None
+    assert output_format(b"SELECT 'FORMAT JSON'") is None
+
+
 def test_insert_deduplication_token(server: EmbeddedClickHouse, client: Client) -> None:
     client.command(
         "CREATE TABLE t.dedup (id UInt64) ENGINE = MergeTree ORDER BY id "
@@ -456,6 +513,15 @@ def test_native_for_protocol_revisions(server: EmbeddedClickHouse, client: Clien
         blocks = 3  # 20000 rows in blocks of 7000
         assert len(upgraded) == len(plain) + blocks * (len(BLOCK_INFO) + 15)
         assert upgraded.startswith(BLOCK_INFO)
+
+
+def test_native_rewrite_of_unsupported_type_fails_cleanly(server: EmbeddedClickHouse) -> None:
+    query = "SELECT sumState(number) FROM numbers(100) GROUP BY number % 3 FORMAT Native"
+    status, headers, body = http(server, {"query": query, "client_protocol_version": "54460"})
+    assert (status, headers["X-ClickHouse-Exception-Code"]) == (501, "48")
+    assert b"AggregateFunction" in body
+    for _ in range(5):  # the handle that failed went back to the pool in a usable state
+        assert http(server, {"query": "SELECT 3"})[2] == b"3\n"
 
 
 def _native_blocks(body: bytes) -> bytes:

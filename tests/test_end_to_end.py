@@ -101,7 +101,8 @@ def test_spans_reach_clickhouse_and_bad_records_reach_the_dlq(
     one = traces[0]
     root = next(s for s in one if not s.parent_span_id)
     row = client.query(
-        "SELECT name, kind, service, status, duration_ns FROM spans WHERE trace_id = {t:String} AND span_id = {s:String}",
+        "SELECT name, kind, service, status, duration_ns FROM spans"
+        " WHERE trace_id = {t:String} AND span_id = {s:String}",
         parameters={"t": root.trace_id, "s": root.span_id},
     ).result_rows
     assert row == [(root.name, root.kind, root.service, root.status, root.end_time_ns - root.start_time_ns)]
@@ -156,7 +157,9 @@ def test_spans_reach_clickhouse_and_bad_records_reach_the_dlq(
     # The worker dead-lettered both bad records with their reasons.
     async def read_dlq() -> list:
         consumer = AIOKafkaConsumer(
-            topics.DLQ, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+            topics.DLQ,
+            bootstrap_servers=settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
             group_id=f"dlq-reader-{settings.sink_group}",
         )
         await consumer.start()

@@ -87,7 +87,7 @@ def test_one_bad_span_is_rejected_alone_with_its_reason_and_bytes() -> None:
     raw["spans"][2]["trace_id"] = "XYZ"
     good, bad = decode_batch(msgspec.msgpack.encode(raw))
     assert good == [ok]
-    assert [r.reason for r in bad][0].startswith("invalid span: end_time_ns")
+    assert bad[0].reason.startswith("invalid span: end_time_ns")
     assert "trace_id" in bad[1].reason
     with pytest.raises(SchemaError, match="trace_id"):
         decode_span(bad[1].payload)

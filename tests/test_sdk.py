@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from tracehouse.core.schema import Span, decode_batch, encode_batch
 from tracehouse.producers import (
     InMemoryTransport,

@@ -111,7 +111,9 @@ def test_huge_values_are_clamped_but_max_stays_exact() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.floats(min_value=0.01, max_value=1e8, allow_nan=False, allow_infinity=False), min_size=1, max_size=300
+        st.floats(min_value=0.01, max_value=1e8, allow_nan=False, allow_infinity=False),
+        min_size=1,
+        max_size=300,
     ),
     st.floats(min_value=0.0, max_value=1.0),
 )

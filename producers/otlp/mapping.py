@@ -222,6 +222,9 @@ _REASONING_TOKENS = (
     "gen_ai.usage.output_tokens.reasoning",
     "llm.usage.reasoning_tokens",
 )
+_TOKEN_KEYS = frozenset(
+    (*_INPUT_TOKENS, *_OUTPUT_TOKENS, *_TOTAL_TOKENS, *_CACHED_TOKENS, *_REASONING_TOKENS)
+)
 _COST = ("llm.cost.total", "gen_ai.usage.cost")
 _TEMPERATURE = ("gen_ai.request.temperature",)
 _MAX_TOKENS = ("gen_ai.request.max_tokens",)
@@ -268,48 +271,37 @@ _INDEXED = (
     _EMBEDDINGS,
 )
 
-_KNOWN = frozenset(
-    (
-        "openinference.span.kind",
-        *_CLASSIFIERS,
-        *_MODEL,
-        *_PROVIDER,
-        *_INPUT_TOKENS,
-        *_OUTPUT_TOKENS,
-        *_TOTAL_TOKENS,
-        *_CACHED_TOKENS,
-        *_REASONING_TOKENS,
-        *_COST,
-        *_TEMPERATURE,
-        *_MAX_TOKENS,
-        *_TOP_P,
-        *_STOP,
-        *_FINISH,
-        *_INPUT,
-        *_OUTPUT,
-        *_SESSION,
-        *_USER,
-        *_TEMPLATE_NAME,
-        *_TEMPLATE_VERSION,
-        *_TEMPLATE_TEXT,
-        *_TEMPLATE_VARIABLES,
-        *_INVOCATION,
-        *_SYSTEM_INSTRUCTIONS,
-        "tag.tags",
-        "metadata",
-        "error.type",
-        "gen_ai.input.messages",
-        "gen_ai.output.messages",
-        "gen_ai.tool.call.arguments",
-        "gen_ai.tool.call.result",
-        "gen_ai.retrieval.documents",
-        "gen_ai.evaluation.name",
-        "gen_ai.evaluation.score.value",
-        "gen_ai.evaluation.score.label",
+# Which part of the mapping each known key feeds, as bits: `_Attrs` ORs them while sorting, and
+# `map_span` skips every part whose keys are absent (probing ~80 absent keys cost more than mapping
+# a whole LLM span's present ones).
+_IO, _LLM, _USAGE, _COST_BIT, _TEMPLATE, _DOCS, _SCORES, _MISC, _ARRAY = (1 << n for n in range(9))
+_SECTIONS: dict[int, tuple[str, ...]] = {
+    0: ("openinference.span.kind", *_CLASSIFIERS),  # read by `_kind`, which always runs
+    _IO: (*_INPUT, *_OUTPUT, "gen_ai.tool.call.arguments", "gen_ai.tool.call.result"),
+    _LLM: (
+        *_MODEL, *_PROVIDER, *_INVOCATION, *_TEMPERATURE, *_MAX_TOKENS, *_TOP_P, *_STOP, *_FINISH,
+        *_SYSTEM_INSTRUCTIONS, "gen_ai.input.messages", "gen_ai.output.messages",
+    ),
+    _USAGE: (*_INPUT_TOKENS, *_OUTPUT_TOKENS, *_TOTAL_TOKENS, *_CACHED_TOKENS, *_REASONING_TOKENS),
+    _COST_BIT: _COST,
+    _TEMPLATE: (*_TEMPLATE_NAME, *_TEMPLATE_VERSION, *_TEMPLATE_TEXT, *_TEMPLATE_VARIABLES),
+    _DOCS: ("gen_ai.retrieval.documents",),
+    _SCORES: (
+        "gen_ai.evaluation.name", "gen_ai.evaluation.score.value", "gen_ai.evaluation.score.label",
         "gen_ai.evaluation.explanation",
-        *(prefix[:-1] for prefix in _INDEXED),  # the array-of-maps form
-    )
-)
+    ),
+    _MISC: (*_SESSION, *_USER, "tag.tags", "metadata", "error.type"),
+    _ARRAY: tuple(prefix[:-1] for prefix in _INDEXED),  # the array-of-maps form of the indexed lists
+}  # fmt: skip
+_KNOWN: dict[str, int] = {}
+for _bit, _keys in _SECTIONS.items():
+    for _key in _keys:
+        _KNOWN[_key] = _KNOWN.get(_key, 0) | _bit
+_LLM_GROUPS = (_OI_INPUT, _OI_OUTPUT, _OI_PROMPTS, _OI_CHOICES, _OL_PROMPT, _OL_COMPLETION)
+_ARRAY_FORMS = tuple((prefix, prefix[:-1]) for prefix in _INDEXED)
+_indexed_key = re.compile(
+    "(" + "|".join(re.escape(prefix) for prefix in _INDEXED) + r")([0-9]{1,9})\.(.+)", re.S
+).fullmatch
 
 
 class _Attrs:
@@ -319,30 +311,43 @@ class _Attrs:
     attribute is never lost because the mapping looked at it and chose another.
     """
 
-    __slots__ = ("groups", "known", "limit", "rest")
+    __slots__ = ("flags", "groups", "known", "limit", "rest")
 
     def __init__(self, attributes: dict[str, Any], limit: int) -> None:
         self.limit = limit
         known: dict[str, Any] = {}
         rest: dict[str, str] = {}
         groups: dict[str, dict[int, dict[str, Any]]] = {}
+        flags = 0
         for key, value in attributes.items():
-            if key in _KNOWN:
+            bit = _KNOWN.get(key)
+            if bit is not None:
                 known[key] = value
-            elif key.startswith(_INDEXED) and _group_into(groups, key, value):
-                continue
+                flags |= bit
+            elif key.startswith(_INDEXED) and (match := _indexed_key(key)) is not None:
+                prefix, index, suffix = match.groups()
+                group = groups.get(prefix)
+                if group is None:
+                    group = groups[prefix] = {}
+                item = group.get(int(index))
+                if item is None:
+                    group[int(index)] = {suffix: value}
+                else:
+                    item[suffix] = value
             else:
                 rest[key] = attribute_text(value, limit)
         self.known = known
         self.rest = rest
         self.groups = groups
-        for prefix in _INDEXED:  # the array-of-maps form joins the flat form's groups
-            items = known.get(prefix[:-1])
-            if isinstance(items, list) and items and all(isinstance(i, dict) for i in items):
-                del known[prefix[:-1]]
-                group = groups.setdefault(prefix, {})
-                for index, item in enumerate(items):
-                    group.setdefault(index, {}).update(item)
+        self.flags = flags
+        if flags & _ARRAY:
+            for prefix, key in _ARRAY_FORMS:  # the array-of-maps form joins the flat form's groups
+                items = known.get(key)
+                if isinstance(items, list) and items and all(isinstance(i, dict) for i in items):
+                    del known[key]
+                    group = groups.setdefault(prefix, {})
+                    for index, entry in enumerate(items):
+                        group.setdefault(index, {}).update(entry)
 
     def take(self, keys: tuple[str, ...]) -> Any:
         """The value of the first of `keys` present with a non-empty value, consumed; else None."""
@@ -386,18 +391,6 @@ class _Attrs:
                 self.give_back_group(prefix, index, leftover)
         self.groups = {}
         return rest
-
-
-def _group_into(groups: dict[str, dict[int, dict[str, Any]]], key: str, value: Any) -> bool:
-    """File `prefix.N.suffix` under groups[prefix][N][suffix]; False when the key does not parse."""
-    for prefix in _INDEXED:
-        if key.startswith(prefix):
-            index, _, suffix = key[len(prefix) :].partition(".")
-            if not suffix or not index.isascii() or not index.isdigit() or len(index) > 9:
-                return False
-            groups.setdefault(prefix, {}).setdefault(int(index), {})[suffix] = value
-            return True
-    return False  # pragma: no cover - callers check the prefix first
 
 
 def _subgroups(item: dict[str, Any], prefix: str) -> dict[int, dict[str, Any]]:
@@ -474,20 +467,19 @@ def _content_parts_oi(item: dict[str, Any], limit: int) -> str:
 
 def _message_oi(item: dict[str, Any], limit: int) -> Message:
     """An OpenInference message from its `message.*` keys (consumed from `item`)."""
+    role = _short(item.pop("message.role", ""))
     content = item.pop("message.content", None)
+    name = _short(item.pop("message.name", ""))
+    tool_call_id = _short(item.pop("message.tool_call_id", ""))
+    if not item:  # the usual message: role and content only
+        return Message(role, _str(content, limit) if content is not None else "", name, tool_call_id, [])
     text = _str(content, limit) if content is not None else _content_parts_oi(item, limit)
     tool_calls = _tool_calls_oi(item, "message.tool_calls.", limit)
     function_name = item.pop("message.function_call_name", None)
     if function_name is not None:  # the legacy single function call
         arguments = item.pop("message.function_call_arguments_json", "")
         tool_calls.append(ToolCall(name=_short(function_name), arguments=_str(arguments, limit)))
-    return Message(
-        role=_short(item.pop("message.role", "")),
-        content=text,
-        name=_short(item.pop("message.name", "")),
-        tool_call_id=_short(item.pop("message.tool_call_id", "")),
-        tool_calls=tool_calls,
-    )
+    return Message(role, text, name, tool_call_id, tool_calls)
 
 
 def _message_openllmetry(item: dict[str, Any], limit: int) -> Message:
@@ -862,11 +854,12 @@ def _llm(attrs: _Attrs, kind: str, span_input: str) -> tuple[LLMCall | None, str
 
 def _typed(attrs: _Attrs, keys: tuple[str, ...], convert: Any) -> Any:
     """Take the first of `keys` and convert it; a value that does not convert stays in `attributes`."""
+    known = attrs.known
     for key in keys:
-        value = attrs.known.get(key)
+        value = known.get(key)
         if value is None or value == "":
             continue
-        del attrs.known[key]
+        del known[key]
         converted = convert(value)
         if converted is None:
             attrs.give_back(key, value)
@@ -876,6 +869,8 @@ def _typed(attrs: _Attrs, keys: tuple[str, ...], convert: Any) -> Any:
 
 
 def _usage(attrs: _Attrs) -> TokenUsage | None:
+    if _TOKEN_KEYS.isdisjoint(attrs.known):
+        return None
     classes = (_INPUT_TOKENS, _OUTPUT_TOKENS, _CACHED_TOKENS, _REASONING_TOKENS, _TOTAL_TOKENS)
     counts = [_typed(attrs, keys, _uint32) for keys in classes]
     if all(c is None for c in counts):
@@ -1034,6 +1029,49 @@ def _embedding_vectors(attrs: _Attrs) -> None:
             item["embedding.vector"] = f"[{len(vector)} floats omitted]"
 
 
+def _documents(attrs: _Attrs) -> list[Document]:
+    """Retrieved documents (question 4): OpenInference retriever or reranker output, or GenAI's."""
+    documents = _documents_oi(attrs, _DOCUMENTS)
+    reranked = _documents_oi(attrs, _RERANKED)
+    if reranked and not documents:
+        documents = reranked
+    elif reranked:  # both on one span: keep the reranker's where SQL finds them too
+        attrs.rest["reranker.output_documents"] = to_json_text([msgspec.to_builtins(d) for d in reranked])
+    if not documents:
+        raw = attrs.peek(("gen_ai.retrieval.documents",))
+        parsed = _documents_genai(raw, attrs.limit) if raw is not None else None
+        if parsed is not None:
+            documents = parsed
+            attrs.take(("gen_ai.retrieval.documents",))
+    return documents
+
+
+def _scores(attrs: _Attrs) -> list[Score]:
+    """Evaluations attached to the span: OpenInference evaluations/annotations, GenAI evaluation."""
+    scores = _scores_oi(attrs, _EVALUATIONS, "evaluation") + _scores_oi(attrs, _ANNOTATIONS, "annotation")
+    genai = _score_genai(attrs.known, attrs.limit)
+    if genai is not None:
+        scores.append(genai)
+        for key in _SECTIONS[_SCORES]:
+            attrs.known.pop(key, None)
+    return scores
+
+
+def _grouping(attrs: _Attrs) -> tuple[Any, Any, list[str], Any]:
+    """Session, user, tags, metadata (flattened into attributes) and the sender's `error.type`."""
+    session = attrs.take(_SESSION)
+    user = attrs.take(_USER)
+    tags: list[str] = []
+    value = attrs.peek(("tag.tags",))
+    if value is not None:
+        parsed = _str_list(value)
+        if parsed is not None:
+            tags = list(dict.fromkeys(t for t in parsed if t))
+            attrs.take(("tag.tags",))
+    _metadata(attrs)
+    return session, user, tags, attrs.take(("error.type",))
+
+
 # ---- the mapping --------------------------------------------------------------------------------
 
 
@@ -1042,6 +1080,7 @@ def origin_for(
     scope_name: str = "",
     scope_version: str = "",
     limit: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    scope_attributes: dict[str, Any] | None = None,
 ) -> Origin:
     """What the spans of one resource and scope share: the service and the stringified resource."""
     resource = {str(k): attribute_text(v, limit) for k, v in resource_attributes.items()}
@@ -1051,6 +1090,9 @@ def origin_for(
         resource=resource,
         scope_name=_short(scope_name),
         scope_version=_short(scope_version),
+        scope_attributes={
+            f"otel.scope.attributes.{k}": attribute_text(v, limit) for k, v in (scope_attributes or {}).items()
+        },
     )
 
 
@@ -1060,53 +1102,32 @@ def map_span(span: OtlpSpan, origin: Origin, limit: int = DEFAULT_MAX_PAYLOAD_BY
     _check_times(span)
 
     attrs = _Attrs(span.attributes, limit)
+    flags, groups = attrs.flags, attrs.groups
     kind = _kind(attrs)
-    span_input, span_output = _payloads(attrs, kind)
-    _embedding_vectors(attrs)
-    llm, messages_input = _llm(attrs, kind, span_input)
-    if messages_input and not span_input:
-        span_input = messages_input
-    if not span_output:
-        raw = attrs.peek(("gen_ai.output.messages",))
-        if raw is not None and llm is not None and llm.output_messages:
-            attrs.take(("gen_ai.output.messages",))
-            span_output = _str(raw, limit)
-    usage = _usage(attrs)
-    cost = _typed(attrs, _COST, _finite)
-    prompt = _prompt_template(attrs)
-
-    documents = _documents_oi(attrs, _DOCUMENTS)
-    reranked = _documents_oi(attrs, _RERANKED)
-    if reranked and not documents:
-        documents = reranked
-    elif reranked:  # both on one span: keep the reranker's where SQL finds them too
-        attrs.rest["reranker.output_documents"] = to_json_text([msgspec.to_builtins(d) for d in reranked])
-    if not documents:
-        raw = attrs.peek(("gen_ai.retrieval.documents",))
-        parsed_documents = _documents_genai(raw, limit) if raw is not None else None
-        if parsed_documents is not None:
-            documents = parsed_documents
-            attrs.take(("gen_ai.retrieval.documents",))
-
-    scores = _scores_oi(attrs, _EVALUATIONS, "evaluation") + _scores_oi(attrs, _ANNOTATIONS, "annotation")
-    genai_score = _score_genai(attrs.known, limit)
-    if genai_score is not None:
-        scores.append(genai_score)
-        for key in ("gen_ai.evaluation.name", "gen_ai.evaluation.score.value",
-                    "gen_ai.evaluation.score.label", "gen_ai.evaluation.explanation"):  # fmt: skip
-            attrs.known.pop(key, None)
-
-    session = attrs.take(_SESSION)
-    user = attrs.take(_USER)
-    tags_value = attrs.peek(("tag.tags",))
+    span_input, span_output = _payloads(attrs, kind) if flags & _IO else ("", "")
+    if _EMBEDDINGS in groups:
+        _embedding_vectors(attrs)
+    llm = None
+    if flags & _LLM or kind == "LLM" or (groups and any(g in groups for g in _LLM_GROUPS)):
+        llm, messages_input = _llm(attrs, kind, span_input)
+        if messages_input and not span_input:
+            span_input = messages_input
+        if not span_output and llm is not None and llm.output_messages:
+            raw = attrs.peek(("gen_ai.output.messages",))
+            if raw is not None:
+                attrs.take(("gen_ai.output.messages",))
+                span_output = _str(raw, limit)
+    usage = _usage(attrs) if flags & _USAGE else None
+    cost = _typed(attrs, _COST, _finite) if flags & _COST_BIT else None
+    prompt = _prompt_template(attrs) if flags & _TEMPLATE else None
+    documents = _documents(attrs) if flags & _DOCS or _DOCUMENTS in groups or _RERANKED in groups else []
+    scores: list[Score] = (
+        _scores(attrs) if flags & _SCORES or _EVALUATIONS in groups or _ANNOTATIONS in groups else []
+    )
+    session = user = explicit_error = None
     tags: list[str] = []
-    if tags_value is not None:
-        parsed_tags = _str_list(tags_value)
-        if parsed_tags is not None:
-            tags = list(dict.fromkeys(t for t in parsed_tags if t))
-            attrs.take(("tag.tags",))
-    _metadata(attrs)
-    explicit_error = attrs.take(("error.type",))
+    if flags & _MISC:
+        session, user, tags, explicit_error = _grouping(attrs)
 
     status_code = span.status_code
     status = OTEL_STATUS[status_code] if 0 <= status_code < len(OTEL_STATUS) else "UNSET"
@@ -1126,6 +1147,8 @@ def map_span(span: OtlpSpan, origin: Origin, limit: int = DEFAULT_MAX_PAYLOAD_BY
         attributes["otel.scope.name"] = origin.scope_name
         if origin.scope_version:
             attributes["otel.scope.version"] = origin.scope_version
+    if origin.scope_attributes:
+        attributes.update(origin.scope_attributes)
     if span.kind > 1:
         attributes["otel.span_kind"] = (
             OTEL_SPAN_KINDS[span.kind] if span.kind < len(OTEL_SPAN_KINDS) else str(span.kind)

@@ -70,3 +70,19 @@ class Origin(Struct, gc=False):
     resource: dict[str, str]
     scope_name: str = ""
     scope_version: str = ""
+    scope_attributes: dict[str, str] = {}  # rare; stored as `otel.scope.attributes.<key>`
+
+
+class ScopeBatch(Struct, gc=False):
+    """The spans of one (resource, scope) pair as a decoder found them.
+
+    `rejected` holds the reasons for spans the decoder could not even read (a JSON span that is not an
+    object, a time that is not a number); they count in the response's `partial_success`.
+    """
+
+    resource: dict[str, Any]
+    scope_name: str
+    scope_version: str
+    spans: list[OtlpSpan]
+    rejected: list[str] = []
+    scope_attributes: dict[str, Any] = {}

@@ -15,9 +15,11 @@ SELECT
     model,
     total_tokens,
     cost_usd,
-    error_type
+    error_type,
+    toUnixTimestamp64Nano(start_time) AS start_ns
 FROM spans
 WHERE trace_id = {trace_id:String}
   AND start_time >= (SELECT min(start) FROM trace_id_ts WHERE trace_id = {trace_id:String})
   AND start_time <= (SELECT max(end) FROM trace_id_ts WHERE trace_id = {trace_id:String})
 ORDER BY start_time, span_id
+LIMIT 1 BY span_id
