@@ -70,7 +70,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from tracehouse.sinks.migrate import migrate
 
     settings = _settings(args)
-    report = asyncio.run(migrate(settings.clickhouse, ttl_days=args.ttl_days))
+    try:
+        report = asyncio.run(
+            migrate(settings.clickhouse, ttl_days=args.ttl_days, target_version=args.target_version)
+        )
+    except ValueError as exc:
+        raise SystemExit(f"tracehouse migrate: {exc}") from None
     applied = ", ".join(map(str, report.applied)) or "none (already current)"
     print(f"database {report.database}: schema version {report.current_version}; applied: {applied}")
     return 0
@@ -122,6 +127,31 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return run_sql(_settings(args), args.sql)
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    _need("cli", "rich")
+    if not (args.list or args.sql or not args.name):
+        _need("sinks", "clickhouse_connect")
+    from tracehouse.cli.query import main_query
+
+    return main_query(_settings(args), args)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    _need("cli", "rich")
+    _need("sinks", "clickhouse_connect")
+    from tracehouse.cli.trace_view import main_trace
+
+    return main_trace(_settings(args), args)
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    _need("cli", "rich")
+    _need("sinks", "clickhouse_connect")
+    from tracehouse.cli.alerts import main_alerts
+
+    return main_alerts(_settings(args), args)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "up": ("run the whole local stack in the foreground until Ctrl-C", cmd_up),
     "demo": ("start what is missing, send realistic traffic, answer the six questions, exit", cmd_demo),
@@ -132,7 +162,26 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "kafka": ("run a real Apache Kafka broker (KRaft) locally; needs Java 17", cmd_kafka),
     "migrate": ("create or upgrade the ClickHouse schema (idempotent)", cmd_migrate),
     "sql": ("run one SQL statement against ClickHouse and print the result", cmd_sql),
+    "query": ("run a named query (the six questions); --list shows them, --sql prints one", cmd_query),
+    "trace": ("show one trace: span tree as a waterfall, LLM parameters, prompts, documents, errors", cmd_trace),
+    "alerts": ("alerts firing now and recent alert state changes", cmd_alerts),
 }
+
+
+def _query_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", metavar="NAME", help="query name (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the queries, their parameters and SQL files")
+    parser.add_argument("--sql", action="store_true", help="print the query's SQL instead of running it")
+    parser.add_argument("--since", help="time range, e.g. 15m, 1h, 7d (queries with since_seconds)")
+    parser.add_argument("--limit", type=int, help="at most this many rows (queries with limit)")
+    parser.add_argument("--trace", metavar="ID", help="trace id (queries with trace_id)")
+    parser.add_argument("--by", choices=("model", "service", "kind", "name"), help="group by (queries with by)")
+    parser.add_argument(
+        "-p", "--param", action="append", metavar="NAME=VALUE", help="any other parameter, e.g. -p kind=LLM"
+    )
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="rows as one JSON array of objects")
+    out.add_argument("--jsonl", action="store_true", help="rows as JSON lines, one object per line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["demo"].add_argument("--spans", type=int, default=5000, help="how many spans to send")
     parsers["demo"].add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     parsers["sql"].add_argument("sql", help="the statement")
+    parsers["migrate"].add_argument(
+        "--target-version", type=int, default=None, help="stop at this schema version (default: the latest)"
+    )
+    _query_arguments(parsers["query"])
+    parsers["trace"].add_argument("trace_id", metavar="ID", help="trace id (32 hex digits)")
+    parsers["trace"].add_argument("--json", action="store_true", help="the tree and its details as JSON")
+    parsers["alerts"].add_argument("--since", default="24h", help="recent alerts from this long ago (default 24h)")
+    parsers["alerts"].add_argument("--limit", type=int, default=None, help="at most this many recent alerts")
+    parsers["alerts"].add_argument("--json", action="store_true", help='{"firing": [...], "recent": [...]} as JSON')
     return parser
 
 

@@ -16,6 +16,7 @@ import datetime as dt
 import decimal
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from tracehouse.sinks.queries import QUERIES, NamedQuery, parse_duration, parse_
 FLAG_PARAMS = {"since": "since_seconds", "limit": "limit", "trace": "trace_id", "by": "by"}
 PARAM_FLAGS = {param: f"--{flag}" for flag, param in FLAG_PARAMS.items()}
 BY_CHOICES = ("model", "service", "kind", "name")
+ID_COLUMNS = ("trace_id", "span_id")
+PIPE_WIDTH = 200
 
 
 class UsageError(Exception):
@@ -63,16 +66,28 @@ def resolve(name: str) -> NamedQuery:
     return query
 
 
+def _seconds_text(seconds: int) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def describe_params(query: NamedQuery) -> str:
     """How to set each parameter from the command line, with its default."""
     parts = []
     for param in query.params:
-        flag = PARAM_FLAGS.get(param.name, f"-p {param.name}=")
+        default = param.default
         if param.name == "since_seconds":
-            parts.append(f"--since (default {param.default}s)")
+            parts.append(f"--since DURATION (default {_seconds_text(int(default))})")
+        elif param.name == "limit":
+            parts.append(f"--limit N (default {default})")
+        elif param.name == "trace_id":
+            parts.append("--trace ID" + ("" if default in ("''", "") else f" (default {default})"))
+        elif param.name == "by":
+            parts.append(f"--by {'|'.join(BY_CHOICES)} (default {default.strip(chr(39))})")
         else:
-            sep = "" if flag.endswith("=") else " "
-            parts.append(f"{flag}{sep}{param.type} (default {param.default})")
+            parts.append(f"-p {param.name}={param.type} (default {default})")
     return ", ".join(parts) or "none"
 
 
@@ -189,6 +204,11 @@ def _numeric(rows: Sequence[Sequence[Any]], index: int) -> bool:
     return bool(seen) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seen)
 
 
+def _datetimes(rows: Sequence[Sequence[Any]], index: int) -> bool:
+    seen = [row[index] for row in rows if row[index] is not None]
+    return bool(seen) and all(isinstance(v, dt.datetime) for v in seen)
+
+
 def print_table(
     console: Console,
     title: str | None,
@@ -199,10 +219,25 @@ def print_table(
 ) -> None:
     table = Table(title=title, title_justify="left", title_style="bold", caption=caption, caption_justify="left")
     for i, column in enumerate(columns):
-        table.add_column(column, justify="right" if _numeric(rows, i) else "left", overflow="fold", max_width=60)
+        justify = "right" if _numeric(rows, i) else "left"
+        if column.endswith(ID_COLUMNS) and console.width >= 120:  # ids are for copying: keep them whole
+            table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
+        elif _datetimes(rows, i):
+            table.add_column(column, justify=justify, no_wrap=True)
+        else:
+            table.add_column(column, justify=justify, overflow="fold", max_width=60)
     for row in rows:
         table.add_row(*(cell(v) for v in row))
     console.print(table)
+
+
+def make_console() -> Console:
+    """The terminal's console; when output goes to a pipe or file, a wide one (rich would assume 80
+    columns and fold every cell), unless COLUMNS says otherwise."""
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=PIPE_WIDTH)
+    return console
 
 
 @contextlib.contextmanager
@@ -258,7 +293,7 @@ def run_query_command(settings: Settings, request: QueryRequest, *, output: str 
         columns, rows = run(client, request)
     if output == "table":
         caption = f"{len(rows)} row{'s' if len(rows) != 1 else ''}"
-        print_table(Console(), request.query.name, columns, rows, caption=caption)
+        print_table(make_console(), request.query.name, columns, rows, caption=caption)
     else:
         emit_json(records(columns, rows), lines=output == "jsonl")
     return 0
@@ -273,6 +308,9 @@ def guarded(func: Any, *args: Any, **kwargs: Any) -> int:
     on stderr (stdout stays clean for `--json` consumers)."""
     try:
         return int(func(*args, **kwargs) or 0)
+    except BrokenPipeError:  # `tracehouse query ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except UsageError as exc:
         print(f"tracehouse: {exc}", file=sys.stderr)
         return 2
@@ -286,7 +324,7 @@ def main_query(settings: Settings, args: Any) -> int:
 
     def go() -> int:
         if args.list or not args.name:
-            print_list(Console())
+            print_list(make_console())
             return 0 if args.list else 2
         if args.sql:
             print_sql(args.name)

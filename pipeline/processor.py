@@ -114,7 +114,7 @@ class SpanProcessor:
 
     # ---- partition ownership ----------------------------------------------------------------
 
-    def _partition(self, partition: int, table: Any) -> _Partition:
+    def _partition(self, partition: int, table: Any, offset: int) -> _Partition:
         state = self._partitions.get(partition)
         if state is None:
             raw = table.get(checkpoint_key(partition)) if table is not None else None
@@ -129,8 +129,10 @@ class SpanProcessor:
             windows = self.windows_factory(partition, checkpoint.windows if checkpoint else None)
             state = _Partition(partition, assembler, windows, checkpoint.next_offset if checkpoint else 0)
             self._partitions[partition] = state
-            if checkpoint is not None:
-                log.info("partition %d: restored windows up to offset %d", partition, checkpoint.next_offset)
+            log.info(
+                "partition %d: taken over at offset %d; windows %s",
+                partition, offset, f"restored up to offset {checkpoint.next_offset}" if checkpoint else "new",
+            )
         return state
 
     def revoke(self, partitions: set[int]) -> None:
@@ -150,7 +152,7 @@ class SpanProcessor:
         """Process one Faust event of `tracehouse.spans`, then hold it until it is safe to acknowledge."""
         message = event.message
         partition, offset, value = message.partition, message.offset, message.value
-        state = self._partition(partition, self.table)
+        state = self._partition(partition, self.table, offset)
         await self.on_message(state, offset, value)
         self.held.hold(partition, offset, event)
 

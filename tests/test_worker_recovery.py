@@ -60,7 +60,7 @@ def test_worker_killed_mid_stream_loses_no_trace(settings: Settings) -> None:
     replacement = None
     try:
         assert wait_for(lambda: traces_stored() > 50, timeout=60), worker.log_tail()
-        time.sleep(1.0)
+        time.sleep(6)  # past a checkpoint, so the replacement restores windows and replays from a commit
         worker.kill()  # mid-stream: open traces and held events die with it
         replacement = ManagedProcess("worker-b", ["worker"], logs, env).start()
         assert replacement.wait_for_log("started", timeout=60), replacement.log_tail()
@@ -94,6 +94,7 @@ def test_worker_killed_mid_stream_loses_no_trace(settings: Settings) -> None:
         assert wait_for(lambda: rolled_up() >= total, timeout=60), (rolled_up(), total)
         time.sleep(3)
         assert rolled_up() == total
+        assert "restored up to offset" in replacement.log_tail(400), replacement.log_tail(400)
     finally:
         stop.set()
         producer.join()

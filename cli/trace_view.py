@@ -1,0 +1,541 @@
+"""`tracehouse trace ID`: one trace as a span tree with a timeline, then what the six questions need.
+
+Two named queries feed it, both bound to the trace id and both narrowed to the trace's days by the
+`trace_id_ts` lookup table: `trace` (every span's tree and timing columns) and `trace-details` (LLM
+parameters, prompt template and variables, retrieved documents, exception events; only for the spans
+that carry any). The tree is built here, iteratively, so a trace of thousands of spans or a deep chain of
+agent steps renders without recursion limits. Spans whose parent is not in the trace are kept and shown
+at the root level marked "(orphan)": late and orphan spans are data, not noise (a lesson from the tools
+that drop them). A parent loop, which only a broken producer makes, is cut and shown the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from tracehouse.cli.query import (
+    ReadError,
+    UsageError,
+    clickhouse_errors,
+    emit_json,
+    guarded,
+    jsonable,
+    make_console,
+)
+from tracehouse.core.config import Settings
+from tracehouse.sinks.queries import QUERIES, run_query
+
+KIND_COLORS = {
+    "LLM": "magenta",
+    "RETRIEVER": "cyan",
+    "RERANKER": "bright_cyan",
+    "EMBEDDING": "blue",
+    "TOOL": "yellow",
+    "AGENT": "green",
+    "CHAIN": "green",
+    "GUARDRAIL": "bright_yellow",
+    "EVALUATOR": "bright_blue",
+}
+_EIGHTHS = " ▏▎▍▌▋▊▉█"  # left-aligned partial blocks, 0/8 .. 8/8 of a cell
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_GUIDE_DEPTH = 24  # deeper than this, the indent shows the depth as a number instead of guides
+STACK_LINES = 4
+
+
+@dataclass
+class SpanNode:
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: str
+    service: str
+    start_ns: int
+    duration_ns: int
+    status: str
+    status_message: str
+    error_type: str
+    model: str
+    total_tokens: int
+    cost_usd: float
+    depth: int = 0
+    orphan: bool = False
+    guides: str = ""  # tree-drawing prefix for the waterfall's name column
+    children: list[SpanNode] = field(default_factory=list)
+    details: dict[str, Any] | None = None
+
+    @property
+    def end_ns(self) -> int:
+        return self.start_ns + max(self.duration_ns, 0)
+
+    @property
+    def is_error(self) -> bool:
+        return self.status == "ERROR"
+
+
+@dataclass
+class TraceTree:
+    trace_id: str
+    spans: list[SpanNode]  # display order: depth first, children by start time; roots and orphans first level
+
+    @property
+    def start_ns(self) -> int:
+        return min(s.start_ns for s in self.spans)
+
+    @property
+    def end_ns(self) -> int:
+        return max(s.end_ns for s in self.spans)
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def roots(self) -> list[SpanNode]:
+        return [s for s in self.spans if s.depth == 0]
+
+    @property
+    def error_count(self) -> int:
+        return sum(s.is_error for s in self.spans)
+
+    @property
+    def orphan_count(self) -> int:
+        return sum(s.orphan for s in self.spans)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(s.total_tokens for s in self.spans)
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(s.cost_usd for s in self.spans)
+
+
+# ---- building the tree ----------------------------------------------------------------------------
+
+
+def node_from_row(row: dict[str, Any]) -> SpanNode:
+    return SpanNode(
+        span_id=row["span_id"],
+        parent_span_id=row["parent_span_id"],
+        name=row["name"],
+        kind=row["kind"],
+        service=row["service"],
+        start_ns=int(row["start_ns"]),
+        duration_ns=int(row["duration_ns"]),
+        status=row["status"],
+        status_message=row["status_message"],
+        error_type=row["error_type"],
+        model=row["model"],
+        total_tokens=int(row["total_tokens"]),
+        cost_usd=float(row["cost_usd"]),
+    )
+
+
+def build_tree(trace_id: str, nodes: Sequence[SpanNode]) -> TraceTree:
+    """Link spans to their parents and order them for display; orphans and loops become roots."""
+    ordered = sorted(nodes, key=lambda n: (n.start_ns, n.span_id))
+    by_id = {n.span_id: n for n in ordered}
+    tops: list[SpanNode] = []
+    for node in ordered:
+        node.children = []
+    for node in ordered:
+        parent = by_id.get(node.parent_span_id) if node.parent_span_id else None
+        if parent is None or parent is node:
+            node.orphan = bool(node.parent_span_id)
+            tops.append(node)
+        else:
+            parent.children.append(node)
+    display: list[SpanNode] = []
+    seen: set[str] = set()
+
+    def walk(top: SpanNode) -> None:
+        # iterative depth-first walk; (node, depth, guides of its ancestors, is last sibling)
+        stack: list[tuple[SpanNode, int, str, bool]] = [(top, 0, "", True)]
+        while stack:
+            node, depth, above, last = stack.pop()
+            if node.span_id in seen:
+                continue
+            seen.add(node.span_id)
+            node.depth = depth
+            if depth == 0:
+                node.guides = ""
+            elif depth > MAX_GUIDE_DEPTH:
+                node.guides = f"┆{depth} " + ("└─ " if last else "├─ ")
+            else:
+                node.guides = above + ("└─ " if last else "├─ ")
+            display.append(node)
+            below = "" if depth == 0 else above + ("   " if last else "│  ")
+            kids = node.children
+            for i in range(len(kids) - 1, -1, -1):
+                stack.append((kids[i], depth + 1, below, i == len(kids) - 1))
+
+    for top in tops:
+        walk(top)
+    # Spans on a parent loop are reachable from no root: cut the loop at its earliest span.
+    for node in ordered:
+        if node.span_id not in seen:
+            node.orphan = True
+            walk(node)
+    return TraceTree(trace_id, display)
+
+
+def load_trace(client: Any, trace_id: str) -> TraceTree | None:
+    """The trace's tree with each span's details attached, or None when no span has this trace id."""
+    result = run_query(client, QUERIES["trace"], {"trace_id": trace_id})
+    columns = result.column_names
+    nodes = [node_from_row(dict(zip(columns, row, strict=True))) for row in result.result_rows]
+    if not nodes:
+        return None
+    tree = build_tree(trace_id, nodes)
+    details = run_query(client, QUERIES["trace-details"], {"trace_id": trace_id})
+    by_id = {n.span_id: n for n in tree.spans}
+    for row in details.result_rows:
+        record = dict(zip(details.column_names, row, strict=True))
+        node = by_id.get(record["span_id"])
+        if node is not None:
+            node.details = record
+    return tree
+
+
+# ---- formatting -------------------------------------------------------------------------------------
+
+
+def fmt_duration(ns: int) -> str:
+    if ns == 0:
+        return "0"
+    ms = ns / 1e6
+    if ms < 1:
+        return f"{ms:.2f} ms"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.2f} s"
+    return f"{ms / 60_000:.1f} min"
+
+
+def fmt_cost(usd: float) -> str:
+    if not usd:
+        return ""
+    return f"${usd:.4f}" if usd >= 0.0001 else "<$0.0001"
+
+
+def fmt_time(ns: int) -> str:
+    moment = dt.datetime.fromtimestamp(ns / 1e9, tz=dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
+def time_bar(start_ns: int, end_ns: int, t0: int, total_ns: int, width: int, style: str) -> Text:
+    """The span's place on the trace's timeline: `width` cells of full and eighth blocks on a dim track.
+
+    The end is drawn to an eighth of a cell, so short spans late in a long trace stay visible and two
+    spans that end close together can still be told apart; a span shorter than a cell is a thin mark.
+    """
+    total = max(total_ns, 1)
+    left = min(max((start_ns - t0) / total * width, 0.0), float(width))
+    right = min(max((end_ns - t0) / total * width, left), float(width))
+    cells: list[tuple[str, str]] = []
+    for i in range(width):
+        cover = min(right, i + 1) - max(left, i)
+        if cover >= 0.999:
+            cells.append(("█", style))
+        elif cover > 0 and left > i and right < i + 1:  # starts and ends inside this cell
+            cells.append(("▏" if left - i < 0.5 else "▕", style))
+        elif cover > 0 and left > i:  # starts inside this cell: its right part
+            cells.append(("▐" if cover >= 0.5 else "▕", style))
+        elif cover > 0:  # ends inside this cell: its left part, to the eighth
+            cells.append((_EIGHTHS[max(1, round(cover * 8))], style))
+        else:
+            cells.append(("·", "grey30"))
+    if right - left < 1 / 8:  # shorter than an eighth of a cell: a mark where it happens
+        pos = min(int(left), width - 1)
+        cells[pos] = ("▏" if left - pos < 0.5 else "▕", style)
+    text = Text()
+    for char, char_style in cells:
+        text.append(char, style=char_style)
+    return text
+
+
+def _name_cell(node: SpanNode) -> Text:
+    text = Text(node.guides, style="grey50")
+    text.append(node.name, style="bold red" if node.is_error else "bold" if node.depth == 0 else "")
+    if node.orphan:
+        text.append(" (orphan)", style="yellow")
+    return text
+
+
+def _status_cell(node: SpanNode) -> Text:
+    if not node.is_error:
+        return Text("")
+    label = node.error_type or "error"
+    if node.status_message:
+        label += f": {node.status_message}"
+    return Text(label, style="red")
+
+
+def _fit(text: Text, width: int, right: bool = False) -> Text:
+    """`text` cut (with an ellipsis) or padded to exactly `width` cells."""
+    text = text.copy()
+    if text.cell_len > width:
+        text.truncate(width, overflow="ellipsis")
+    pad = width - text.cell_len
+    if pad > 0:
+        if right:
+            text = Text(" " * pad) + text
+        else:
+            text.append(" " * pad)
+    return text
+
+
+def waterfall(tree: TraceTree, width: int) -> list[Text]:
+    """The span tree as one line per span, its columns sized to the content and the screen width.
+
+    Lines of Text rather than a rich Table: a table measures and wraps every cell, which takes seconds
+    for a trace of a thousand spans; these lines cost one pass. A line never wraps: what does not fit is
+    cut with an ellipsis (the JSON output has everything).
+    """
+    t0, total = tree.start_ns, tree.duration_ns
+    rows = []
+    for node in tree.spans:
+        color = "red" if node.is_error else KIND_COLORS.get(node.kind, "white")
+        rows.append(
+            (
+                node,
+                color,
+                [
+                    _name_cell(node),
+                    Text(node.kind, style=color),
+                    None,  # the bar, drawn once its width is known
+                    Text(f"+{fmt_duration(node.start_ns - t0)}" if node.start_ns > t0 else "0"),
+                    Text(fmt_duration(node.duration_ns), style="red" if node.is_error else ""),
+                    Text(node.model),
+                    Text(f"{node.total_tokens:,}" if node.total_tokens else ""),
+                    Text(fmt_cost(node.cost_usd)),
+                    _status_cell(node),
+                ],
+            )
+        )
+    headers = ["span", "kind", f"0 ─ {fmt_duration(total)}", "start", "duration", "model", "tokens", "cost", "error"]
+    right = {3, 4, 6, 7}
+    natural = [len(h) for h in headers]
+    for _, _, cells in rows:
+        for i, cell in enumerate(cells):
+            if cell is not None and cell.cell_len > natural[i]:
+                natural[i] = cell.cell_len
+    caps = {0: 64, 5: 28}
+    widths = [min(n, caps.get(i, n)) for i, n in enumerate(natural)]
+    widths[2] = max(16, min(60, width // 4))
+    # shrink to the screen: the bar, then the name, then the model, down to their minimums
+    fixed = sum(widths[:8]) + 2 * 8
+    for index, minimum in ((2, 16), (0, 24), (5, 12)):
+        excess = fixed + 12 - width
+        if excess > 0:
+            cut = min(excess, widths[index] - minimum)
+            if cut > 0:
+                widths[index] -= cut
+                fixed -= cut
+    widths[8] = max(12, width - fixed)
+    sep = Text("  ")
+
+    def line(cells: Sequence[Text]) -> Text:
+        text = sep.join(_fit(cell, w, i in right) for i, (cell, w) in enumerate(zip(cells, widths, strict=True)))
+        text.rstrip()
+        return text
+
+    lines = [line([Text(h, style="bold") for h in headers])]
+    for node, color, cells in rows:
+        cells[2] = time_bar(node.start_ns, node.end_ns, t0, total, widths[2], color)
+        lines.append(line(cells))
+    return lines
+
+
+def _summary(tree: TraceTree) -> Text:
+    root = tree.roots[0]
+    text = Text()
+    text.append("trace ", style="bold")
+    text.append(tree.trace_id, style="bold cyan")
+    parts = [
+        f"{root.name} · {root.service}",
+        fmt_time(tree.start_ns),
+        fmt_duration(tree.duration_ns),
+        f"{len(tree.spans)} spans",
+    ]
+    text.append("  " + "  ·  ".join(parts))
+    errors = tree.error_count
+    text.append("  ·  ")
+    text.append(f"{errors} error{'s' if errors != 1 else ''}", style="bold red" if errors else "green")
+    if tree.total_tokens:
+        text.append(f"  ·  {tree.total_tokens:,} tokens")
+    if tree.cost_usd:
+        text.append(f"  ·  {fmt_cost(tree.cost_usd)}")
+    if tree.orphan_count:
+        text.append(
+            f"\n{tree.orphan_count} orphan span(s): their parent is not in this trace (yet); shown at the root level",
+            style="yellow",
+        )
+    return text
+
+
+def _detail_table(title: str, columns: Sequence[str]) -> Table:
+    table = Table(title=title, title_justify="left", title_style="bold", show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold", max_width=70)
+    return table
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _opt(value: Any) -> str:
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _error_row(table: Table, node: SpanNode, offset_ns: int, kind: str, message: str, stack: str) -> None:
+    table.add_row(Text(node.name, style="red"), f"+{fmt_duration(offset_ns)}", kind, Text(message, style="red"), stack)
+
+
+def detail_tables(tree: TraceTree) -> list[Table]:
+    """LLM parameters, prompt templates, retrieved documents and exceptions, each only when present."""
+    t0 = tree.start_ns
+    llm = _detail_table(
+        "LLM calls: parameters and tokens",
+        ["span", "model", "temperature", "max_tokens", "top_p", "in (cached) / out (reasoning)", "cost",
+         "finish", "system prompt"],
+    )  # fmt: skip
+    prompts = _detail_table("Prompt templates", ["span", "template", "version", "variables"])
+    docs = _detail_table("Retrieved documents", ["span", "kind", "position", "score", "document", "content"])
+    errors = _detail_table("Exceptions", ["span", "at", "type", "message", "stack (first lines)"])
+    for node in tree.spans:
+        d = node.details
+        if d is None:
+            if node.is_error:
+                _error_row(errors, node, node.end_ns - t0, node.error_type, node.status_message, "")
+            continue
+        if node.kind == "LLM":
+            model = d["model"] + (f" ({d['provider']})" if d["provider"] else "")
+            tokens = (
+                f"{d['input_tokens']:,} ({d['cached_tokens']:,}) / {d['output_tokens']:,} ({d['reasoning_tokens']:,})"
+            )
+            llm.add_row(
+                node.name, model, _opt(d["temperature"]), _opt(d["max_tokens"]), _opt(d["top_p"]), tokens,
+                fmt_cost(d["cost_usd"]), d["finish_reason"], _short(d["system_prompt"], 80),
+            )  # fmt: skip
+        if d["prompt_template"]:
+            variables = "; ".join(f"{k}={_short(v, 60)}" for k, v in d["prompt_variables"].items())
+            prompts.add_row(node.name, d["prompt_template"], d["prompt_version"], variables)
+        for doc in d["documents"]:
+            score = "" if doc["score"] is None else f"{doc['score']:.4f}"
+            docs.add_row(node.name, node.kind, str(doc["position"]), score, doc["id"], _short(doc["content"], 60))
+        for exc in d["exceptions"]:
+            stack = "\n".join(exc["stacktrace"].splitlines()[:STACK_LINES])
+            _error_row(errors, node, exc["time_ns"] - t0, exc["type"], exc["message"], stack)
+        if node.is_error and not d["exceptions"]:
+            _error_row(errors, node, node.end_ns - t0, node.error_type, node.status_message, "")
+    return [t for t in (llm, prompts, docs, errors) if t.row_count]
+
+
+def render_trace(tree: TraceTree, console: Console) -> None:
+    console.print(_summary(tree))
+    for line in waterfall(tree, console.width):
+        console.print(line, no_wrap=True, overflow="ellipsis", crop=True)
+    for table in detail_tables(tree):
+        console.print()
+        console.print(table)
+
+
+def trace_json(tree: TraceTree) -> dict[str, Any]:
+    """The trace for scripts: summary, then spans in display order with depth, orphan flag and details."""
+    t0 = tree.start_ns
+    spans = []
+    for node in tree.spans:
+        item: dict[str, Any] = {
+            "span_id": node.span_id,
+            "parent_span_id": node.parent_span_id,
+            "depth": node.depth,
+            "orphan": node.orphan,
+            "name": node.name,
+            "kind": node.kind,
+            "service": node.service,
+            "start_ns": node.start_ns,
+            "offset_ns": node.start_ns - t0,
+            "duration_ns": node.duration_ns,
+            "status": node.status,
+            "status_message": node.status_message,
+            "error_type": node.error_type,
+            "model": node.model,
+            "total_tokens": node.total_tokens,
+            "cost_usd": node.cost_usd,
+            "children": [c.span_id for c in node.children],
+        }
+        d = node.details
+        if d is not None:
+            if node.kind == "LLM" or d["model"]:
+                item["llm"] = {
+                    k: jsonable(d[k])
+                    for k in ("provider", "model", "temperature", "max_tokens", "top_p", "system_prompt",
+                              "finish_reason", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
+                              "cost_source")
+                }  # fmt: skip
+            if d["prompt_template"]:
+                item["prompt"] = {
+                    "template": d["prompt_template"],
+                    "version": d["prompt_version"],
+                    "variables": jsonable(d["prompt_variables"]),
+                }
+            if d["documents"]:
+                item["documents"] = jsonable(d["documents"])
+            if d["exceptions"]:
+                item["exceptions"] = jsonable(d["exceptions"])
+        spans.append(item)
+    root = tree.roots[0]
+    return {
+        "trace_id": tree.trace_id,
+        "root_name": root.name,
+        "service": root.service,
+        "start_ns": t0,
+        "start_time": fmt_time(t0),
+        "duration_ns": tree.duration_ns,
+        "span_count": len(tree.spans),
+        "error_count": tree.error_count,
+        "orphan_count": tree.orphan_count,
+        "total_tokens": tree.total_tokens,
+        "cost_usd": tree.cost_usd,
+        "spans": spans,
+    }
+
+
+# ---- the command ------------------------------------------------------------------------------------
+
+
+def show_trace(settings: Settings, trace_id: str, *, as_json: bool = False, console: Console | None = None) -> int:
+    from tracehouse.cli.reading import clickhouse_for_reading
+
+    trace_id = trace_id.strip().lower()
+    if not trace_id:
+        raise UsageError("give a trace id")
+    with clickhouse_errors(settings), clickhouse_for_reading(settings) as client:
+        tree = load_trace(client, trace_id)
+    if tree is None:
+        target = settings.clickhouse
+        hint = "" if _TRACE_ID.match(trace_id) else " (trace ids are 32 hex digits)"
+        raise ReadError(f"trace {trace_id} not found in database {target.database} at {target.url}{hint}")
+    if as_json:
+        emit_json(trace_json(tree))
+    else:
+        render_trace(tree, console or make_console())
+    return 0
+
+
+def main_trace(settings: Settings, args: Any) -> int:
+    """`tracehouse trace ID` from its parsed arguments: exit 1 when the trace is not there."""
+    return guarded(show_trace, settings, args.trace_id, as_json=args.json)
+
