@@ -22,7 +22,8 @@ from tracehouse.cli.query import (
 )
 from tracehouse.core.config import Settings
 
-_STATE_STYLE = {"firing": "bold red", "resolved": "green"}
+# The table leaves out the evaluated window (the JSON output and `tracehouse query alerts` have it).
+RECENT_COLUMNS = ("fired_at", "state", "severity", "rule", "service", "group", "value", "threshold", "message")
 
 
 def show_alerts(settings: Settings, *, since: str = "24h", limit: int | None = None, as_json: bool = False) -> int:
@@ -43,7 +44,9 @@ def show_alerts(settings: Settings, *, since: str = "24h", limit: int | None = N
         console.print("[bold green]No alert is firing.[/]")
     console.print()
     if recent:
-        print_table(console, f"Alert state changes in the last {since}", recent_columns, recent)
+        shown = [recent_columns.index(c) for c in RECENT_COLUMNS if c in recent_columns]
+        rows = [[row[i] for i in shown] for row in recent]
+        print_table(console, f"Alert state changes in the last {since}", [recent_columns[i] for i in shown], rows)
     else:
         console.print(f"No alert state changes in the last {since}.")
     return 0

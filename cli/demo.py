@@ -89,7 +89,8 @@ def run_demo(
         console.print(
             f"{landed}/{sent} spans of {trace_count} traces queryable in {elapsed:.1f}s "
             f"({landed / elapsed:,.0f} spans/s end to end); producer: {stats.sent} sent in {stats.messages} "
-            f"Kafka messages, {stats.dropped} dropped, {stats.failed} failed"
+            f"Kafka messages, {stats.dropped} dropped, {stats.failed} failed",
+            soft_wrap=True,
         )
         if landed != sent:
             console.print(f"[red]lost or late spans: {sent - landed}[/]")

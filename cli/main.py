@@ -120,6 +120,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_settings(args), spans=args.spans, partitions=args.partitions, keep=args.keep)
 
 
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from tracehouse.cli.loadgen import run_loadgen
+
+    return run_loadgen(
+        _settings(args),
+        rate=args.rate,
+        duration=args.duration,
+        error_ratio=args.error_ratio,
+        prompt_bytes=args.prompt_bytes,
+        seed=args.seed,
+    )
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     _need("sinks", "clickhouse_connect")
     from tracehouse.cli.reading import run_sql
@@ -161,6 +174,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "clickhouse": ("serve the embedded ClickHouse engine over ClickHouse's HTTP interface", cmd_clickhouse),
     "kafka": ("run a real Apache Kafka broker (KRaft) locally; needs Java 17", cmd_kafka),
     "migrate": ("create or upgrade the ClickHouse schema (idempotent)", cmd_migrate),
+    "loadgen": ("send realistic LLM traces at a chosen rate (RAG, agents, chat sessions)", cmd_loadgen),
     "sql": ("run one SQL statement against ClickHouse and print the result", cmd_sql),
     "query": ("run a named query (the six questions); --list shows them, --sql prints one", cmd_query),
     "trace": ("show one trace: span tree as a waterfall, LLM parameters, prompts, documents, errors", cmd_trace),
@@ -218,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["demo"].add_argument("--spans", type=int, default=5000, help="how many spans to send")
     parsers["demo"].add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     parsers["sql"].add_argument("sql", help="the statement")
+    parsers["loadgen"].add_argument("--rate", type=float, default=1000.0, help="spans per second")
+    parsers["loadgen"].add_argument("--duration", type=float, default=30.0, help="seconds")
+    parsers["loadgen"].add_argument("--error-ratio", type=float, default=0.03, help="share of rate-limited LLM calls")
+    parsers["loadgen"].add_argument("--prompt-bytes", type=int, default=1024, help="size of each prompt")
+    parsers["loadgen"].add_argument("--seed", type=int, default=None, help="repeatable traffic")
     parsers["migrate"].add_argument(
         "--target-version", type=int, default=None, help="stop at this schema version (default: the latest)"
     )

@@ -32,7 +32,6 @@ from tracehouse.sinks.queries import QUERIES, NamedQuery, parse_duration, parse_
 
 # Flags that map onto the parameters queries commonly take; anything else goes through `-p NAME=VALUE`.
 FLAG_PARAMS = {"since": "since_seconds", "limit": "limit", "trace": "trace_id", "by": "by"}
-PARAM_FLAGS = {param: f"--{flag}" for flag, param in FLAG_PARAMS.items()}
 BY_CHOICES = ("model", "service", "kind", "name")
 ID_COLUMNS = ("trace_id", "span_id")
 PIPE_WIDTH = 200

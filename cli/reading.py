@@ -4,6 +4,7 @@ started on the local data for the command's own use when nothing answers at the 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 from clickhouse_connect.driver.client import Client
@@ -29,8 +30,13 @@ def clickhouse_for_reading(settings: Settings) -> Iterator[Client]:
             embedded.stop()
 
 
+_OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
+
+
 def run_sql(settings: Settings, sql: str) -> int:
+    """Print the result in the statement's own FORMAT, else as a readable table."""
     with clickhouse_for_reading(settings) as client:
-        result = client.raw_query(sql, fmt="PrettyCompactMonoBlock")
+        fmt = None if _OWN_FORMAT.search(sql) else "PrettyCompactMonoBlock"
+        result = client.raw_query(sql, fmt=fmt)
         print(result.decode(errors="replace"), end="")
     return 0

@@ -272,12 +272,10 @@ def _name_cell(node: SpanNode) -> Text:
 
 
 def _status_cell(node: SpanNode) -> Text:
+    """The error's class (the Exceptions table below has the message and stack)."""
     if not node.is_error:
         return Text("")
-    label = node.error_type or "error"
-    if node.status_message:
-        label += f": {node.status_message}"
-    return Text(label, style="red")
+    return Text(node.error_type or node.status_message or "error", style="red")
 
 
 def _fit(text: Text, width: int, right: bool = False) -> Text:
@@ -399,6 +397,10 @@ def _opt(value: Any) -> str:
     return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _no_exception(node: SpanNode) -> str:
+    return node.status_message or "status ERROR, no exception recorded (often: a child failed)"
+
+
 def _error_row(table: Table, node: SpanNode, offset_ns: int, kind: str, message: str, stack: str) -> None:
     table.add_row(Text(node.name, style="red"), f"+{fmt_duration(offset_ns)}", kind, Text(message, style="red"), stack)
 
@@ -406,11 +408,16 @@ def _error_row(table: Table, node: SpanNode, offset_ns: int, kind: str, message:
 def detail_tables(tree: TraceTree) -> list[Table]:
     """LLM parameters, prompt templates, retrieved documents and exceptions, each only when present."""
     t0 = tree.start_ns
+    system_prompts = {d["system_prompt"] for n in tree.spans if (d := n.details) is not None and n.kind == "LLM"}
+    shared_prompt = len(system_prompts) == 1  # one prompt for every call: said once, under the table
     llm = _detail_table(
         "LLM calls: parameters and tokens",
         ["span", "model", "temperature", "max_tokens", "top_p", "in (cached) / out (reasoning)", "cost",
-         "finish", "system prompt"],
+         "finish", *([] if shared_prompt else ["system prompt"])],
     )  # fmt: skip
+    if shared_prompt and (prompt := next(iter(system_prompts))):
+        llm.caption = f"system prompt of every call: {_short(prompt, 300)}"
+        llm.caption_justify = "left"
     prompts = _detail_table("Prompt templates", ["span", "template", "version", "variables"])
     docs = _detail_table("Retrieved documents", ["span", "kind", "position", "score", "document", "content"])
     errors = _detail_table("Exceptions", ["span", "at", "type", "message", "stack (first lines)"])
@@ -418,7 +425,7 @@ def detail_tables(tree: TraceTree) -> list[Table]:
         d = node.details
         if d is None:
             if node.is_error:
-                _error_row(errors, node, node.end_ns - t0, node.error_type, node.status_message, "")
+                _error_row(errors, node, node.end_ns - t0, node.error_type, _no_exception(node), "")
             continue
         if node.kind == "LLM":
             model = d["model"] + (f" ({d['provider']})" if d["provider"] else "")
@@ -427,7 +434,8 @@ def detail_tables(tree: TraceTree) -> list[Table]:
             )
             llm.add_row(
                 node.name, model, _opt(d["temperature"]), _opt(d["max_tokens"]), _opt(d["top_p"]), tokens,
-                fmt_cost(d["cost_usd"]), d["finish_reason"], _short(d["system_prompt"], 80),
+                fmt_cost(d["cost_usd"]), d["finish_reason"],
+                *([] if shared_prompt else [_short(d["system_prompt"], 80)]),
             )  # fmt: skip
         if d["prompt_template"]:
             variables = "; ".join(f"{k}={_short(v, 60)}" for k, v in d["prompt_variables"].items())
@@ -439,7 +447,7 @@ def detail_tables(tree: TraceTree) -> list[Table]:
             stack = "\n".join(exc["stacktrace"].splitlines()[:STACK_LINES])
             _error_row(errors, node, exc["time_ns"] - t0, exc["type"], exc["message"], stack)
         if node.is_error and not d["exceptions"]:
-            _error_row(errors, node, node.end_ns - t0, node.error_type, node.status_message, "")
+            _error_row(errors, node, node.end_ns - t0, node.error_type, _no_exception(node), "")
     return [t for t in (llm, prompts, docs, errors) if t.row_count]
 
 

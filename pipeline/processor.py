@@ -11,6 +11,7 @@ The Faust glue (pipeline/app.py) passes in the topics to send to and the table t
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,11 +56,33 @@ class WindowStage(Protocol):
 
 @dataclass
 class ProcessorOptions:
-    quiet_s: float = 3.0
-    max_age_s: float = 60.0
-    revision_window_s: float = 30.0
+    quiet_s: float = 3.0  # a trace whose root has ended is emitted after this long without new spans
+    max_age_s: float = 60.0  # ... and any trace once it has been open this long (root or not)
+    revision_window_s: float = 30.0  # late spans revise an emitted trace for this long
     max_open_traces: int = 100_000
     checkpoint_interval_s: float = 5.0
+
+    @classmethod
+    def from_env(cls) -> ProcessorOptions:
+        """`TRACEHOUSE_TRACE_QUIET_S`, `TRACEHOUSE_TRACE_MAX_AGE_S`, `TRACEHOUSE_TRACE_REVISION_S`,
+        `TRACEHOUSE_MAX_OPEN_TRACES`, `TRACEHOUSE_CHECKPOINT_S` override the defaults."""
+        names = {
+            "quiet_s": "TRACEHOUSE_TRACE_QUIET_S",
+            "max_age_s": "TRACEHOUSE_TRACE_MAX_AGE_S",
+            "revision_window_s": "TRACEHOUSE_TRACE_REVISION_S",
+            "max_open_traces": "TRACEHOUSE_MAX_OPEN_TRACES",
+            "checkpoint_interval_s": "TRACEHOUSE_CHECKPOINT_S",
+        }
+        given = {}
+        for field_name, env_name in names.items():
+            raw = os.environ.get(env_name)
+            if raw:
+                kind = int if field_name == "max_open_traces" else float
+                try:
+                    given[field_name] = kind(raw)
+                except ValueError:
+                    raise SystemExit(f"{env_name}={raw!r} is not a number") from None
+        return cls(**given)
 
 
 @dataclass
@@ -103,7 +126,7 @@ class SpanProcessor:
         self.partials_out = partials_out
         self.dlq_out = dlq_out
         self.windows_factory = windows_factory
-        self.options = options or ProcessorOptions()
+        self.options = options or ProcessorOptions.from_env()
         self.prices = prices or PriceTable()
         self.stats = ProcessorStats()
         self.held = HeldEvents()
@@ -228,11 +251,12 @@ class SpanProcessor:
             self._last_log = now
             s = self.stats
             log.info(
-                "worker: %d messages, %d spans (%d duplicates, %d rejected), %d traces, %d open, %d held",
+                "worker: %d messages, %d spans (%d duplicates, %d rejected, %d replayed), %d traces, %d open, %d held",
                 s.messages,
                 s.spans,
                 s.duplicates,
                 s.rejected,
+                s.replayed,
                 s.traces,
                 sum(p.assembler.open_traces for p in self._partitions.values()),
                 self.held.count(),

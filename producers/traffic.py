@@ -46,6 +46,8 @@ QUESTIONS = [
 TOOLS = ["web_search", "sql_query", "calculator", "get_weather", "read_file"]
 SYSTEM_PROMPT = "You are a helpful assistant for ACME Cloud. Answer from the provided context only."
 RAG_TEMPLATE = "Context:\n{context}\n\nQuestion: {question}\nAnswer concisely."
+_WORDS = "the quick brown fox jumps over the lazy dog while tracing every token of every call".split()
+_PROSE = " ".join(random.Random(0).choice(_WORDS) for _ in range(40_000))
 
 
 @dataclass
@@ -75,9 +77,10 @@ class TraceFactory:
         return int(self.rng.uniform(low, high) * 1_000_000)
 
     def _padding(self) -> str:
-        words = "the quick brown fox jumps over the lazy dog while tracing every token".split()
-        text = " ".join(self.rng.choice(words) for _ in range(self.options.prompt_bytes // 5))
-        return text[: self.options.prompt_bytes]
+        """`prompt_bytes` of prose: a random slice of a fixed text, cheap enough for load generation."""
+        size = self.options.prompt_bytes
+        start = self.rng.randrange(len(_PROSE) - size) if size < len(_PROSE) else 0
+        return _PROSE[start : start + size]
 
     def _llm_span(
         self,

@@ -225,8 +225,13 @@ ORDER BY (rule, service, window_start, state)
 # needs to ask about any group and any time step without scanning `spans`: one row per (minute, service,
 # kind, name, model) holding mergeable states (-State); queries read it with -Merge and roll minutes up to
 # any coarser step (see sinks/queries/latency-by-minute.sql). Latency is a t-digest (quantilesTDigest):
-# a few KB per group and minute, accurate to about 1 % at p95/p99, and it merges exactly like the
-# counts, so an hour is the merge of its sixty minutes.
+# a compact state that merges like the counts (an hour is the merge of its sixty minutes), approximate
+# where `quantile` over raw spans is exact for small groups; tests/test_queries.py holds it to within two
+# ranks of the exact value.
+#
+# Aggregate columns are not named like the `spans` columns they summarise (`sum_input_tokens`, not
+# `input_tokens`): with `sumState(x) AS x`, ClickHouse's old query analyzer substitutes the alias into
+# its own argument, so servers still on it reject the view.
 #
 # The view counts every row inserted into `spans`. The sink inserts each Kafka offset once, so the only
 # double counts are spans a producer sent twice (a retry): `spans` collapses those on merge, the
@@ -243,12 +248,12 @@ CREATE TABLE IF NOT EXISTS {db}.spans_minutely
     errors AggregateFunction(countIf, UInt8),
     latency_ns AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), Int64),
     max_duration_ns AggregateFunction(max, Int64),
-    input_tokens AggregateFunction(sum, UInt32),
-    output_tokens AggregateFunction(sum, UInt32),
-    cached_tokens AggregateFunction(sum, UInt32),
-    reasoning_tokens AggregateFunction(sum, UInt32),
-    total_tokens AggregateFunction(sum, UInt32),
-    cost_usd AggregateFunction(sum, Float64)
+    sum_input_tokens AggregateFunction(sum, UInt32),
+    sum_output_tokens AggregateFunction(sum, UInt32),
+    sum_cached_tokens AggregateFunction(sum, UInt32),
+    sum_reasoning_tokens AggregateFunction(sum, UInt32),
+    sum_total_tokens AggregateFunction(sum, UInt32),
+    sum_cost_usd AggregateFunction(sum, Float64)
 )
 ENGINE = AggregatingMergeTree
 PARTITION BY toDate(minute)
@@ -268,12 +273,12 @@ SELECT
     countIfState(status = 'ERROR') AS errors,
     quantilesTDigestState(0.5, 0.95, 0.99)(duration_ns) AS latency_ns,
     maxState(duration_ns) AS max_duration_ns,
-    sumState(input_tokens) AS input_tokens,
-    sumState(output_tokens) AS output_tokens,
-    sumState(cached_tokens) AS cached_tokens,
-    sumState(reasoning_tokens) AS reasoning_tokens,
-    sumState(total_tokens) AS total_tokens,
-    sumState(cost_usd) AS cost_usd
+    sumState(input_tokens) AS sum_input_tokens,
+    sumState(output_tokens) AS sum_output_tokens,
+    sumState(cached_tokens) AS sum_cached_tokens,
+    sumState(reasoning_tokens) AS sum_reasoning_tokens,
+    sumState(total_tokens) AS sum_total_tokens,
+    sumState(cost_usd) AS sum_cost_usd
 """
 
 SPANS_MINUTELY_MV_V2 = (
@@ -284,12 +289,12 @@ SPANS_MINUTELY_MV_V2 = (
 
 # Backfill: the view only sees inserts made after it exists, so the spans already stored are aggregated
 # once, here, right after the view is created. It is cheap next to the data it summarises: one pass over
-# the light columns of `spans` (no payloads), FINAL so a stored duplicate counts once. Caveats, both only
-# when something inserts spans while this migration runs: a span inserted between the view's creation
-# and the backfill's read (milliseconds) is counted twice; and unlike every other statement here this one
-# is not idempotent, so a backfill that failed midway (the version is then not recorded) may count part
-# of the old data twice when migrate runs again. Run migrate before the sink starts, as `tracehouse up`
-# does, and neither can happen.
+# the light columns of `spans` (no payloads), FINAL so a stored duplicate counts once. Two caveats.
+# A span inserted while this migration runs, between the view's creation and the backfill's read
+# (milliseconds), is counted twice: run migrate before the sink starts, as `tracehouse up` does. And
+# unlike every other statement here this one is not idempotent: if it fails midway (ClickHouse dies), the
+# version is not recorded, and the next migrate backfills again on top of the part already inserted;
+# `TRUNCATE TABLE spans_minutely` before that migrate makes it exact again (the backfill reads every span).
 SPANS_MINUTELY_BACKFILL_V2 = (
     "INSERT INTO {db}.spans_minutely"
     + _SPANS_MINUTELY_SELECT

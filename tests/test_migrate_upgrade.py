@@ -78,7 +78,7 @@ def _expected(rows: list[SpanRow]) -> dict[Key, tuple[int, int, int, int]]:
 def _minutely(client: Client) -> dict[Key, tuple[int, int, int, int]]:
     result = client.query(
         "SELECT toUnixTimestamp(minute), service, kind, name, model, countMerge(calls), countIfMerge(errors),"
-        " sumMerge(input_tokens), sumMerge(total_tokens) FROM spans_minutely"
+        " sumMerge(sum_input_tokens), sumMerge(sum_total_tokens) FROM spans_minutely"
         " GROUP BY minute, service, kind, name, model"
     )
     return {

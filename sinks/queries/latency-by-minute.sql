@@ -11,9 +11,9 @@ SELECT
     round(quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ns)[2] / 1e6, 1) AS p95_ms,
     round(quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_ns)[3] / 1e6, 1) AS p99_ms,
     round(maxMerge(max_duration_ns) / 1e6, 1) AS max_ms,
-    sumMerge(input_tokens) AS input_tokens,
-    sumMerge(output_tokens) AS output_tokens,
-    round(sumMerge(cost_usd), 6) AS cost_usd
+    sumMerge(sum_input_tokens) AS input_tokens,
+    sumMerge(sum_output_tokens) AS output_tokens,
+    round(sumMerge(sum_cost_usd), 6) AS cost_usd
 FROM spans_minutely
 WHERE minute >= toStartOfMinute(now() - toIntervalSecond({since_seconds:UInt32}))
   AND (({kind:String} = '' AND kind IN ('LLM', 'RETRIEVER', 'EMBEDDING', 'RERANKER')) OR kind = {kind:String})

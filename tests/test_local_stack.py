@@ -1,0 +1,124 @@
+"""The embedded defaults, as a user meets them: `tracehouse demo` and `tracehouse up` on noida-db and the
+embedded ClickHouse engine, started by tracehouse itself on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from tracehouse.infra.ports import free_port
+from tracehouse.producers.traffic import TraceFactory, TrafficOptions
+from tracehouse.producers.transport import SpanTransport
+from tracehouse.sinks.clickhouse import sync_client
+from tracehouse.core.config import parse_clickhouse_url
+
+
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    """Addresses where nothing answers, so tracehouse starts its embedded broker and server there."""
+    env = dict(os.environ)
+    env.update(
+        TRACEHOUSE_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+        TRACEHOUSE_CLICKHOUSE_URL=f"http://127.0.0.1:{free_port()}",
+        TRACEHOUSE_DATA_DIR=str(tmp_path / "data"),
+        TRACEHOUSE_RECEIVER_PORT=str(free_port()),
+        COLUMNS="160",
+    )
+    env.pop("TRACEHOUSE_CLICKHOUSE_DATABASE", None)
+    return env
+
+
+def curl(url: str, sql: str) -> str:
+    with urllib.request.urlopen(f"{url}/?query={urllib.parse.quote(sql)}", timeout=10) as response:
+        return response.read().decode()
+
+
+def test_demo_runs_on_the_embedded_defaults_and_exits_zero(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "tracehouse.cli.main", "demo", "--spans", "1500"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "started Kafka (noida-db)" in out and "started ClickHouse (embedded engine)" in out
+    assert "queryable in" in out and "0 dropped, 0 failed" in out
+    for title in ("Latency", "Most expensive calls", "Runtime exceptions", "Retrieved documents",
+                  "LLM parameters", "Prompt templates"):
+        assert title in out, title
+    # It stopped what it started: nothing answers at either address any more.
+    kafka_port = int(env["TRACEHOUSE_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1])
+    clickhouse = parse_clickhouse_url(env["TRACEHOUSE_CLICKHOUSE_URL"])
+    for port in (kafka_port, clickhouse.port):
+        probe = subprocess.run(
+            [sys.executable, "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"],
+            capture_output=True,
+        )
+        assert probe.returncode != 0, f"port {port} still answers"
+
+
+def test_up_serves_sql_while_running_and_keeps_the_data_afterwards(tmp_path: Path) -> None:
+    env = embedded_env(tmp_path)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "tracehouse.cli.main", "up"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = env["TRACEHOUSE_CLICKHOUSE_URL"]
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = up.stdout.readline() if up.stdout else ""
+            lines.append(line)
+            if "Ctrl-C stops" in line or (not line and up.poll() is not None):
+                break
+        assert any("Ctrl-C stops" in line for line in lines), "".join(lines)
+
+        factory = TraceFactory(TrafficOptions(seed=21))
+        spans = [s for _ in range(100) for s in factory.any()]
+        for span in spans:
+            span.service = "up-test"
+        transport = SpanTransport(env["TRACEHOUSE_KAFKA_BOOTSTRAP"])
+        transport.submit_many(spans)
+        assert transport.flush(30)
+        transport.shutdown()
+
+        sql = "SELECT count() FROM tracehouse.spans WHERE service = 'up-test'"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and curl(url, sql).strip() != str(len(spans)):
+            time.sleep(0.3)
+        assert curl(url, sql).strip() == str(len(spans))  # plain HTTP, as curl sends it
+        client = sync_client(parse_clickhouse_url(url))  # and clickhouse-connect
+        assert client.query(sql).result_rows[0][0] == len(spans)
+        client.close()
+    finally:
+        up.send_signal(signal.SIGINT)
+        output = up.communicate(timeout=60)[0]
+    assert up.returncode == 0, output[-3000:]
+
+    # Afterwards, with nothing running, the data is still there: `sql` opens the local data itself.
+    after = subprocess.run(
+        [sys.executable, "-m", "tracehouse.cli.main", "sql",
+         "SELECT count() FROM tracehouse.spans WHERE service = 'up-test' FORMAT TSV"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert after.stdout.strip().splitlines()[-1] == str(len(spans))
+
+
+def test_loadgen_holds_its_rate_and_reports_what_it_sent(kafka_bootstrap: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tracehouse.cli.main", "loadgen", "--kafka", kafka_bootstrap,
+         "--rate", "3000", "--duration", "3", "--seed", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stderr.strip().splitlines()[-1]
+    assert "0 dropped, 0 failed" in summary, summary
+    sent = int(summary.split()[1].replace(",", ""))
+    assert 8_000 <= sent <= 10_000, summary  # 3 s at 3,000 spans/s, whole traces
