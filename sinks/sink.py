@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -131,6 +132,10 @@ class Sink:
         self._consumer: AIOKafkaConsumer | None = None
         self._dlq: AIOKafkaProducer | None = None
         self._client: AsyncClient | None = None
+        # Fault injection for tests: die like SIGKILL right between an insert and its offset commit,
+        # the one moment that decides exactly-once. Never set in production.
+        fault = os.environ.get("TRACEHOUSE_FAULT_EXIT_BEFORE_COMMIT")
+        self._exit_before_commit = int(fault) if fault else None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -236,6 +241,9 @@ class Sink:
         offsets = dict(pending.next_offsets)
         rows = pending.rows
         pending.clear()
+        if self._exit_before_commit is not None and self.stats.batches + 1 >= self._exit_before_commit:
+            log.warning("fault injection: exit after inserting batch %d, before its commit", self.stats.batches + 1)
+            os._exit(137)
         self.stats.rows += rows
         self.stats.batches += 1
         self.stats.last_batch_rows = rows

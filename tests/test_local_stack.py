@@ -12,11 +12,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from tracehouse.core.config import parse_clickhouse_url
 from tracehouse.infra.ports import free_port
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions
 from tracehouse.producers.transport import SpanTransport
 from tracehouse.sinks.clickhouse import sync_client
-from tracehouse.core.config import parse_clickhouse_url
 
 
 def embedded_env(tmp_path: Path) -> dict[str, str]:
