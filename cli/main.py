@@ -92,7 +92,12 @@ def cmd_sink(args: argparse.Namespace) -> int:
     _need("sinks", "clickhouse_connect")
     from tracehouse.sinks.runner import run_sink
 
-    return run_sink(_settings(args), batch_rows=args.batch_rows, flush_interval_s=args.flush_interval)
+    metrics_port = args.metrics_port
+    if metrics_port is None:
+        metrics_port = int(os.environ.get("TRACEHOUSE_SINK_METRICS_PORT") or 0)
+    return run_sink(
+        _settings(args), batch_rows=args.batch_rows, flush_interval_s=args.flush_interval, metrics_port=metrics_port
+    )
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
@@ -225,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["migrate"].add_argument("--ttl-days", type=int, default=None, help="keep spans this many days")
     parsers["sink"].add_argument("--batch-rows", type=int, default=10_000)
     parsers["sink"].add_argument("--flush-interval", type=float, default=1.0, help="seconds")
+    parsers["sink"].add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics here [TRACEHOUSE_SINK_METRICS_PORT]"
+    )
     for name in ("up", "demo"):
         parsers[name].add_argument(
             "--partitions", type=int, default=None, help="partitions of tracehouse.spans"

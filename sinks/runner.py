@@ -25,6 +25,9 @@ async def _main(settings: Settings, options: SinkOptions) -> None:
     log.info("tracehouse sink stopped after %d rows", sink.stats.rows)
 
 
-def run_sink(settings: Settings, *, batch_rows: int = 10_000, flush_interval_s: float = 1.0) -> int:
-    asyncio.run(_main(settings, SinkOptions(batch_rows=batch_rows, flush_interval_s=flush_interval_s)))
+def run_sink(
+    settings: Settings, *, batch_rows: int = 10_000, flush_interval_s: float = 1.0, metrics_port: int = 0
+) -> int:
+    options = SinkOptions(batch_rows=batch_rows, flush_interval_s=flush_interval_s, metrics_port=metrics_port)
+    asyncio.run(_main(settings, options))
     return 0

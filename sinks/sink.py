@@ -34,10 +34,23 @@ from tracehouse.core.pricing import PriceTable
 from tracehouse.core.schema import DeadLetter, encode_dead_letter
 from tracehouse.sinks.clickhouse import async_client
 from tracehouse.sinks.errors import is_content_error
+from tracehouse.sinks.metrics import MetricsServer, Sample
 from tracehouse.sinks.routes import Route, default_routes
 from tracehouse.sinks.rows import encode_rows
 
 log = logging.getLogger("tracehouse.sink")
+
+METRICS_HELP = {
+    "tracehouse_sink_rows_total": "Rows inserted into ClickHouse and committed in Kafka.",
+    "tracehouse_sink_batches_total": "Batches inserted.",
+    "tracehouse_sink_retries_total": "Insert attempts that failed and were retried.",
+    "tracehouse_sink_dead_letters_total": "Records sent to tracehouse.dlq.",
+    "tracehouse_sink_invalid_records_total": "Records that failed validation.",
+    "tracehouse_sink_last_batch_rows": "Rows in the last batch.",
+    "tracehouse_sink_rows_per_second": "Average rows per second since start.",
+    "tracehouse_sink_pending_rows": "Rows read but not yet inserted.",
+    "tracehouse_sink_lag_messages": "Kafka messages not yet read, per partition.",
+}
 
 
 @dataclass
@@ -52,6 +65,8 @@ class SinkOptions:
     # The worker runs the same validation and dead-letters invalid records; a sink deployed without
     # workers sets this so invalid records still reach the DLQ.
     dead_letter_invalid: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no metrics endpoint
 
 
 @dataclass
@@ -134,6 +149,7 @@ class Sink:
         self._client: AsyncClient | None = None
         # Fault injection for tests: die like SIGKILL right between an insert and its offset commit,
         # the one moment that decides exactly-once. Never set in production.
+        self._read: dict[TopicPartition, int] = {}  # next offset to read, per partition (for lag)
         fault = os.environ.get("TRACEHOUSE_FAULT_EXIT_BEFORE_COMMIT")
         self._exit_before_commit = int(fault) if fault else None
 
@@ -159,6 +175,10 @@ class Sink:
         await self._dlq.start()
         await self._consumer.start()
         self._consumer.subscribe([r.topic for r in self.routes], listener=_SeekPastStored(self))
+        metrics = None
+        if self.options.metrics_port:
+            metrics = MetricsServer(self.samples, METRICS_HELP, self.options.metrics_host, self.options.metrics_port)
+            await metrics.start()
         last_stats = time.monotonic()
         try:
             while not stop.is_set():
@@ -176,6 +196,8 @@ class Sink:
                     self._log_stats()
             await self._flush(stop, final=True)
         finally:
+            if metrics is not None:
+                await metrics.stop()
             await self._consumer.stop()
             await self._dlq.stop()
             await self._client.close()
@@ -200,6 +222,7 @@ class Sink:
         if not pending.next_offsets:
             pending.first_at = time.monotonic()
         pending.next_offsets[tp] = offset + 1
+        self._read[tp] = offset + 1
         if value is None:
             return
         buffer = pending.buffers[tp.topic]
@@ -398,16 +421,44 @@ class Sink:
             "dead-lettered %s record from %s[%d]@%d: %s", stage, tp.topic, tp.partition, offset, reason
         )
 
+    def lag(self) -> dict[TopicPartition, int]:
+        """Messages behind the end of each assigned partition (from the last fetch's high watermark)."""
+        if self._consumer is None:
+            return {}
+        out = {}
+        for tp in self._consumer.assignment():
+            highwater = self._consumer.highwater(tp)
+            if highwater is not None:
+                out[tp] = max(highwater - self._read.get(tp, highwater), 0)
+        return out
+
+    def samples(self) -> list[Sample]:
+        s = self.stats
+        out: list[Sample] = [
+            ("tracehouse_sink_rows_total", {}, s.rows),
+            ("tracehouse_sink_batches_total", {}, s.batches),
+            ("tracehouse_sink_retries_total", {}, s.retries),
+            ("tracehouse_sink_dead_letters_total", {}, s.dead_letters),
+            ("tracehouse_sink_invalid_records_total", {}, s.invalid),
+            ("tracehouse_sink_last_batch_rows", {}, s.last_batch_rows),
+            ("tracehouse_sink_rows_per_second", {}, round(s.rate(), 1)),
+            ("tracehouse_sink_pending_rows", {}, self._pending.rows),
+        ]
+        for tp, lag in sorted(self.lag().items()):
+            out.append(("tracehouse_sink_lag_messages", {"topic": tp.topic, "partition": str(tp.partition)}, lag))
+        return out
+
     def _log_stats(self) -> None:
         s = self.stats
         log.info(
-            "sink: %d rows in %d batches (%.0f rows/s), last batch %d rows, %d retries, %d dead letters",
+            "sink: %d rows in %d batches (%.0f rows/s), last batch %d rows, %d retries, %d dead letters, lag %d",
             s.rows,
             s.batches,
             s.rate(),
             s.last_batch_rows,
             s.retries,
             s.dead_letters,
+            sum(self.lag().values()),
         )
 
     @staticmethod

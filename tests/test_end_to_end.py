@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
 from tracehouse.core.schema import decode_dead_letter, encode_batch
+from tracehouse.infra.ports import free_port
 from tracehouse.infra.processes import ManagedProcess
 from tracehouse.infra.stack import LocalStack
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions
@@ -37,7 +39,11 @@ def pipeline(settings: Settings) -> Iterator[tuple[ManagedProcess, ManagedProces
     env = LocalStack(settings).child_env()
     log_dir = settings.data_dir / "logs"
     worker = ManagedProcess("worker", ["worker"], log_dir, env).start()
-    sink = ManagedProcess("sink", ["sink", "--flush-interval", "0.3"], log_dir, env).start()
+    metrics_port = free_port()
+    sink = ManagedProcess(
+        "sink", ["sink", "--flush-interval", "0.3", "--metrics-port", str(metrics_port)], log_dir, env
+    ).start()
+    sink.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
     try:
         for proc in (worker, sink):
             assert proc.wait_for_log("started", timeout=60), proc.log_tail()
@@ -153,6 +159,15 @@ def test_spans_reach_clickhouse_and_bad_records_reach_the_dlq(
         )
         assert records[trace[0].trace_id] == expected_record
     client.close()
+
+    # The sink's metrics endpoint tells an operator how it is doing.
+    _, sink = pipeline
+    with urllib.request.urlopen(sink.metrics_url, timeout=5) as response:  # type: ignore[attr-defined]
+        metrics = response.read().decode()
+    rows_total = next(line for line in metrics.splitlines() if line.startswith("tracehouse_sink_rows_total"))
+    assert float(rows_total.split()[-1]) >= expected
+    assert 'tracehouse_sink_lag_messages{partition="0",topic="tracehouse.spans"}' in metrics
+    assert "# TYPE tracehouse_sink_retries_total counter" in metrics
 
     # The worker dead-lettered both bad records with their reasons.
     async def read_dlq() -> list:
