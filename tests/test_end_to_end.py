@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from waiting import wait_until
 
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
@@ -21,15 +22,6 @@ from tracehouse.producers.traffic import TraceFactory, TrafficOptions
 from tracehouse.producers.transport import SpanTransport
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
-
-
-def wait_until(predicate, timeout: float = 60.0, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
 
 
 @pytest.fixture

@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import Status as OtelStatus
 from opentelemetry.trace import StatusCode
+from waiting import wait_until
 
 from tracehouse.core.config import Settings
 from tracehouse.infra.ports import free_port
@@ -234,13 +235,6 @@ def send_with_the_otel_sdk(url: str, token: str) -> dict[str, str]:
     return found
 
 
-def wait_until(predicate: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(0.25)
-        value = predicate()
-    return value
 
 
 def test_otel_exporter_spans_land_in_clickhouse_with_their_llm_fields(

@@ -8,6 +8,8 @@ import math
 import random
 import time
 
+from waiting import wait_until
+
 from tracehouse.core.config import Settings
 from tracehouse.core.pricing import PriceTable, price_span
 from tracehouse.core.schema import Event, LLMCall, Span, TokenUsage
@@ -49,13 +51,6 @@ def llm_span(rng: random.Random, service: str, end_ns: int, duration_ms: float, 
     )
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.3):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
 
 
 def test_rollup_matches_exact_values_and_an_alert_fires_and_resolves(settings: Settings) -> None:
@@ -116,7 +111,7 @@ filters = {{ service = "{service}" }}
             ).result_rows
             return rows[0] if rows and rows[0][0] == len(spans) else None
 
-        row = wait_for(rollup, timeout=30)
+        row = wait_until(rollup, timeout=30)
         assert row, client.query(
             "SELECT window_start, count FROM rollups WHERE service = {s:String}", parameters={"s": service}
         ).result_rows
@@ -139,7 +134,7 @@ filters = {{ service = "{service}" }}
                 parameters={"s": service},
             ).result_rows
 
-        got = wait_for(lambda: len(alerts()) >= 2, timeout=30) and alerts()
+        got = wait_until(lambda: len(alerts()) >= 2, timeout=30) and alerts()
         assert got, alerts()
         states = [(state, value, window) for state, value, _, _, window in got]
         assert states[0] == ("firing", 5.0, window1)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 from tracehouse.core.config import Settings
 from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse
@@ -44,13 +45,6 @@ def counts(settings: Settings, run: str) -> tuple[int, int]:
         client.close()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.3) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def start_sink(settings: Settings, *args: str) -> ManagedProcess:
@@ -83,12 +77,12 @@ def test_sink_killed_mid_batch_stores_every_span_exactly_once(settings: Settings
     # Small batches so the kill lands between inserts and commits, many times over.
     sink = start_sink(settings, "--batch-rows", "500", "--flush-interval", "0.05")
     try:
-        assert wait_for(lambda: counts(settings, run)[0] > 0, timeout=60, interval=0.02)
+        assert wait_until(lambda: counts(settings, run)[0] > 0, timeout=60, interval=0.02)
         sink.kill()
         landed_at_kill = counts(settings, run)[0]
         assert landed_at_kill < len(spans), "the kill came too late to test anything"
         sink = start_sink(settings, "--batch-rows", "500", "--flush-interval", "0.05")
-        assert wait_for(lambda: counts(settings, run)[1] >= len(spans), timeout=120)
+        assert wait_until(lambda: counts(settings, run)[1] >= len(spans), timeout=120)
         time.sleep(2)  # a duplicate would arrive in this time
         assert counts(settings, run) == (len(spans), len(spans))
     finally:
@@ -115,7 +109,7 @@ def test_sink_dying_between_insert_and_commit_does_not_insert_twice(settings: Se
 
     sink = start_sink(settings, "--batch-rows", "1000", "--flush-interval", "0.2")
     try:
-        assert wait_for(lambda: counts(settings, run)[1] >= len(spans), timeout=120)
+        assert wait_until(lambda: counts(settings, run)[1] >= len(spans), timeout=120)
         time.sleep(2)
         assert counts(settings, run) == (len(spans), len(spans))
         assert "resuming at" in sink.log_tail(400), sink.log_tail(400)
@@ -166,7 +160,7 @@ def test_clickhouse_down_for_30_seconds_under_load_loses_nothing(settings: Setti
         assert transport.flush(60)
         transport.shutdown()
         assert transport.stats.dropped == 0 and transport.stats.failed == 0
-        assert wait_for(lambda: counts(settings, run)[1] >= total_spans, timeout=120), counts(settings, run)
+        assert wait_until(lambda: counts(settings, run)[1] >= total_spans, timeout=120), counts(settings, run)
         time.sleep(2)
         assert counts(settings, run) == (total_spans, total_spans)
         log = sink.log_tail(400)

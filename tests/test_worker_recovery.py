@@ -7,6 +7,8 @@ import asyncio
 import threading
 import time
 
+from waiting import wait_until
+
 from tracehouse.core.config import Settings
 from tracehouse.infra.processes import ManagedProcess
 from tracehouse.infra.stack import LocalStack
@@ -14,15 +16,6 @@ from tracehouse.producers.traffic import TraceFactory, TrafficOptions
 from tracehouse.producers.transport import SpanTransport
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def test_worker_killed_mid_stream_loses_no_trace(settings: Settings) -> None:
@@ -59,7 +52,7 @@ def test_worker_killed_mid_stream_loses_no_trace(settings: Settings) -> None:
 
     replacement = None
     try:
-        assert wait_for(lambda: traces_stored() > 50, timeout=60), worker.log_tail()
+        assert wait_until(lambda: traces_stored() > 50, timeout=60), worker.log_tail()
         time.sleep(6)  # past a checkpoint, so the replacement restores windows and replays from a commit
         worker.kill()  # mid-stream: open traces and held events die with it
         replacement = ManagedProcess("worker-b", ["worker"], logs, env).start()
@@ -69,7 +62,7 @@ def test_worker_killed_mid_stream_loses_no_trace(settings: Settings) -> None:
         producer.join()
         assert transport.flush(60)
         transport.shutdown()
-        assert wait_for(lambda: traces_stored() >= len(sent), timeout=120), (traces_stored(), len(sent))
+        assert wait_until(lambda: traces_stored() >= len(sent), timeout=120), (traces_stored(), len(sent))
         rows = client.query(
             "SELECT trace_id, span_count, complete FROM traces FINAL WHERE service = {s:String}",
             parameters={"s": service},
@@ -91,7 +84,7 @@ def test_worker_killed_mid_stream_loses_no_trace(settings: Settings) -> None:
                 or 0
             )
 
-        assert wait_for(lambda: rolled_up() >= total, timeout=60), (rolled_up(), total)
+        assert wait_until(lambda: rolled_up() >= total, timeout=60), (rolled_up(), total)
         time.sleep(3)
         assert rolled_up() == total
         assert "restored up to offset" in replacement.log_tail(400), replacement.log_tail(400)
