@@ -170,6 +170,15 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return main_alerts(_settings(args), args)
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    _need("web", "clickhouse_connect")
+    from tracehouse.web.app import DEFAULT_PORT, run_web
+
+    host = args.host or os.environ.get("TRACEHOUSE_WEB_HOST") or "127.0.0.1"
+    port = args.port if args.port is not None else int(os.environ.get("TRACEHOUSE_WEB_PORT") or DEFAULT_PORT)
+    return run_web(_settings(args), host, port)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "up": ("run the whole local stack in the foreground until Ctrl-C", cmd_up),
     "demo": ("start what is missing, send realistic traffic, answer the six questions, exit", cmd_demo),
@@ -184,6 +193,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "query": ("run a named query (the six questions); --list shows them, --sql prints one", cmd_query),
     "trace": ("show one trace: span tree as a waterfall, LLM parameters, prompts, documents, errors", cmd_trace),
     "alerts": ("alerts firing now and recent alert state changes", cmd_alerts),
+    "web": ("the trace explorer in a browser: traces, waterfall, span details, charts, alerts", cmd_web),
 }
 
 
@@ -224,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["receiver"].add_argument("--port", type=int, help="port [TRACEHOUSE_RECEIVER_PORT, 4318]")
     parsers["receiver"].add_argument(
         "--token", action="append", help="accepted bearer token (repeatable) [TRACEHOUSE_RECEIVER_TOKENS]"
+    )
+    parsers["web"].add_argument("--host", help="address to bind [TRACEHOUSE_WEB_HOST, 127.0.0.1]")
+    parsers["web"].add_argument(
+        "--port", type=int, default=None, help="port, 0 for any free one [TRACEHOUSE_WEB_PORT, 8787]"
     )
     parsers["kafka"].add_argument("--port", type=int, default=9092)
     parsers["kafka"].add_argument("--fetch-only", action="store_true", help="only fetch the broker's jars")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -41,12 +42,14 @@ class LocalStack:
     with_worker: bool = True
     with_sink: bool = True
     with_receiver: bool = False
+    with_web: bool = False
     started: list[str] = field(default_factory=list)
     clickhouse: EmbeddedClickHouse | None = None
     kafka: NoidaKafka | None = None
     worker: ManagedProcess | None = None
     sink: ManagedProcess | None = None
     receiver: ManagedProcess | None = None
+    web: ManagedProcess | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -73,6 +76,8 @@ class LocalStack:
             self.sink = ManagedProcess("sink", ["sink"], self.log_dir, env).start()
         if self.with_receiver:
             self.receiver = ManagedProcess("receiver", ["receiver"], self.log_dir, env).start()
+        if self.with_web:
+            self.web = ManagedProcess("web", ["web"], self.log_dir, env).start()
         for proc in self.children:
             if not proc.wait_for_log("started", timeout=60):
                 tail = proc.log_tail()
@@ -109,7 +114,7 @@ class LocalStack:
 
     @property
     def children(self) -> list[ManagedProcess]:
-        return [p for p in (self.worker, self.sink, self.receiver) if p is not None]
+        return [p for p in (self.worker, self.sink, self.receiver, self.web) if p is not None]
 
     def check(self) -> None:
         """Raise when a child process died: a stack with a dead part must not pretend to run."""
@@ -148,14 +153,17 @@ def run_up(settings: Settings, *, partitions: int | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with console.status("starting the local stack..."):
-        stack = LocalStack(settings, partitions=partitions, with_receiver=True).start()
+        stack = LocalStack(settings, partitions=partitions, with_receiver=True, with_web=True).start()
     try:
         for line in stack.started:
             console.print(f"[green]started[/] {line}")
         s = stack.settings
         console.print(f"Kafka:      {s.kafka_bootstrap}")
         console.print(f"ClickHouse: {s.clickhouse_url}  (database {s.clickhouse.database})")
-        console.print("OTLP/HTTP:  http://127.0.0.1:4318/v1/traces (receiver)")
+        receiver_port = os.environ.get("TRACEHOUSE_RECEIVER_PORT", "4318")
+        web_port = os.environ.get("TRACEHOUSE_WEB_PORT", "8787")
+        console.print(f"OTLP/HTTP:  http://127.0.0.1:{receiver_port}/v1/traces (receiver)")
+        console.print(f"explorer:   http://127.0.0.1:{web_port}/ (web)")
         console.print(f"logs:       {stack.log_dir}")
         console.print("send spans with the SDK or OTLP/HTTP; query with any ClickHouse client. Ctrl-C stops.")
         while not stopping:

@@ -3,6 +3,7 @@ embedded ClickHouse engine, started by tracehouse itself on free ports."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ def embedded_env(tmp_path: Path) -> dict[str, str]:
         TRACEHOUSE_CLICKHOUSE_URL=f"http://127.0.0.1:{free_port()}",
         TRACEHOUSE_DATA_DIR=str(tmp_path / "data"),
         TRACEHOUSE_RECEIVER_PORT=str(free_port()),
+        TRACEHOUSE_WEB_PORT=str(free_port()),
         COLUMNS="160",
     )
     env.pop("TRACEHOUSE_CLICKHOUSE_DATABASE", None)
@@ -96,6 +98,15 @@ def test_up_serves_sql_while_running_and_keeps_the_data_afterwards(tmp_path: Pat
         client = sync_client(parse_clickhouse_url(url))  # and clickhouse-connect
         assert client.query(sql).result_rows[0][0] == len(spans)
         client.close()
+        # ... and the explorer that `up` serves lists the traces.
+        web = f"http://127.0.0.1:{env['TRACEHOUSE_WEB_PORT']}/api/traces?service=up-test&since=1h"
+        deadline = time.monotonic() + 30
+        listed: list = []
+        while time.monotonic() < deadline and not listed:
+            with urllib.request.urlopen(web, timeout=10) as response:
+                listed = json.loads(response.read())["traces"]
+            time.sleep(0.5)
+        assert listed, "the web explorer lists no trace"
     finally:
         up.send_signal(signal.SIGINT)
         output = up.communicate(timeout=60)[0]
