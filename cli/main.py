@@ -67,13 +67,18 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     _need("sinks", "clickhouse_connect")
     import asyncio
 
+    from tracehouse.sinks.cluster import migrate_cluster
     from tracehouse.sinks.migrate import migrate
 
     settings = _settings(args)
     try:
-        report = asyncio.run(
-            migrate(settings.clickhouse, ttl_days=args.ttl_days, target_version=args.target_version)
-        )
+        if args.cluster:
+            run = migrate_cluster(
+                settings.clickhouse, args.cluster, ttl_days=args.ttl_days, target_version=args.target_version
+            )
+        else:
+            run = migrate(settings.clickhouse, ttl_days=args.ttl_days, target_version=args.target_version)
+        report = asyncio.run(run)
     except ValueError as exc:
         raise SystemExit(f"tracehouse migrate: {exc}") from None
     applied = ", ".join(map(str, report.applied)) or "none (already current)"
@@ -96,7 +101,11 @@ def cmd_sink(args: argparse.Namespace) -> int:
     if metrics_port is None:
         metrics_port = int(os.environ.get("TRACEHOUSE_SINK_METRICS_PORT") or 0)
     return run_sink(
-        _settings(args), batch_rows=args.batch_rows, flush_interval_s=args.flush_interval, metrics_port=metrics_port
+        _settings(args),
+        batch_rows=args.batch_rows,
+        flush_interval_s=args.flush_interval,
+        metrics_port=metrics_port,
+        metrics_host=os.environ.get("TRACEHOUSE_SINK_METRICS_HOST") or "127.0.0.1",
     )
 
 
@@ -242,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["kafka"].add_argument("--port", type=int, default=9092)
     parsers["kafka"].add_argument("--fetch-only", action="store_true", help="only fetch the broker's jars")
     parsers["migrate"].add_argument("--ttl-days", type=int, default=None, help="keep spans this many days")
+    parsers["migrate"].add_argument(
+        "--cluster",
+        metavar="NAME",
+        help="ClickHouse cluster: ON CLUSTER DDL, Replicated *_local tables under Distributed tables",
+    )
     parsers["sink"].add_argument("--batch-rows", type=int, default=10_000)
     parsers["sink"].add_argument("--flush-interval", type=float, default=1.0, help="seconds")
     parsers["sink"].add_argument(

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tracehouse.core.secrets import clickhouse_password, clickhouse_tls_options
+
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_CLICKHOUSE_URL = "http://127.0.0.1:8123"
 DEFAULT_DATA_DIR = "./.tracehouse"
@@ -29,7 +31,7 @@ class ClickHouseTarget:
     port: int
     secure: bool
     username: str
-    password: str
+    password: str = field(repr=False)
     database: str
 
     @property
@@ -44,6 +46,7 @@ class ClickHouseTarget:
             "secure": self.secure,
             "username": self.username,
             "password": self.password,
+            **clickhouse_tls_options(self.secure),
         }
 
 
@@ -73,7 +76,7 @@ class Settings:
     kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
     clickhouse_url: str = DEFAULT_CLICKHOUSE_URL
     clickhouse_user: str | None = None
-    clickhouse_password: str | None = None
+    clickhouse_password: str | None = field(default=None, repr=False)
     clickhouse_database: str | None = None
     data_dir: Path = field(default_factory=lambda: Path(DEFAULT_DATA_DIR))
     service: str = "unknown_service"
@@ -87,7 +90,7 @@ class Settings:
             kafka_bootstrap=_env("TRACEHOUSE_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP),
             clickhouse_url=_env("TRACEHOUSE_CLICKHOUSE_URL", DEFAULT_CLICKHOUSE_URL),
             clickhouse_user=os.environ.get("TRACEHOUSE_CLICKHOUSE_USER") or None,
-            clickhouse_password=os.environ.get("TRACEHOUSE_CLICKHOUSE_PASSWORD"),
+            clickhouse_password=clickhouse_password(),
             clickhouse_database=os.environ.get("TRACEHOUSE_CLICKHOUSE_DATABASE") or None,
             data_dir=Path(_env("TRACEHOUSE_DATA_DIR", DEFAULT_DATA_DIR)),
             service=_env("TRACEHOUSE_SERVICE", _env("OTEL_SERVICE_NAME", "unknown_service")),

@@ -19,6 +19,7 @@ from faust.types import TP
 
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
+from tracehouse.core.kafka_security import faust_broker_credentials
 from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
 from tracehouse.pipeline.stages import build_merger, windows_factory
 
@@ -46,6 +47,7 @@ def create_app(
     """Build the worker's Faust app; options override Faust settings (tests shorten timeouts)."""
     conf: dict[str, Any] = {
         "broker": broker_url(settings.kafka_bootstrap),
+        "broker_credentials": faust_broker_credentials(),  # None: PLAINTEXT
         "store": "memory://",
         "topic_partitions": settings.spans_partitions,
         "topic_replication_factor": 1,

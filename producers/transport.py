@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from tracehouse.core import topics
+from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.partitioning import partition_for
 from tracehouse.core.schema import Span, encode_batch
 
@@ -89,7 +90,7 @@ class SpanTransport:
         self.retry_backoff_s = retry_backoff_s
         self.max_retry_s = max_retry_s
         self.client_id = client_id
-        self.producer_options = producer_options or {}
+        self.producer_options = {**kafka_client_options(), **(producer_options or {})}
         self.stats = TransportStats()
         self._queue: collections.deque[Span] = collections.deque()
         self._in_flight = 0

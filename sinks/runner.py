@@ -7,6 +7,7 @@ import logging
 import signal
 
 from tracehouse.core.config import Settings
+from tracehouse.core.secrets import redact
 from tracehouse.sinks.sink import Sink, SinkOptions
 
 log = logging.getLogger("tracehouse.sink")
@@ -19,15 +20,25 @@ async def _main(settings: Settings, options: SinkOptions) -> None:
         loop.add_signal_handler(sig, stop.set)
     sink = Sink(settings, options)
     log.info(
-        "tracehouse sink started (kafka %s, clickhouse %s)", settings.kafka_bootstrap, settings.clickhouse_url
+        "tracehouse sink started (kafka %s, clickhouse %s)", settings.kafka_bootstrap, redact(settings.clickhouse_url)
     )
     await sink.run(stop)
     log.info("tracehouse sink stopped after %d rows", sink.stats.rows)
 
 
 def run_sink(
-    settings: Settings, *, batch_rows: int = 10_000, flush_interval_s: float = 1.0, metrics_port: int = 0
+    settings: Settings,
+    *,
+    batch_rows: int = 10_000,
+    flush_interval_s: float = 1.0,
+    metrics_port: int = 0,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
-    options = SinkOptions(batch_rows=batch_rows, flush_interval_s=flush_interval_s, metrics_port=metrics_port)
+    options = SinkOptions(
+        batch_rows=batch_rows,
+        flush_interval_s=flush_interval_s,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+    )
     asyncio.run(_main(settings, options))
     return 0
