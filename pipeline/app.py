@@ -12,6 +12,7 @@ plain-Python processors.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import faust
@@ -50,7 +51,8 @@ def create_app(
         "broker_credentials": faust_broker_credentials(),  # None: PLAINTEXT
         "store": "memory://",
         "topic_partitions": settings.spans_partitions,
-        "topic_replication_factor": 1,
+        # Replication of the worker's own topics (state changelogs, rollup partials): 3 in production.
+        "topic_replication_factor": int(os.environ.get("TRACEHOUSE_TOPIC_REPLICATION_FACTOR") or 1),
         "web_enabled": False,
         "producer_compression_type": "lz4",
         "producer_max_request_size": 16 * 1024 * 1024,
