@@ -4,14 +4,22 @@ Encoding rows value by value through a database driver is the slow part of a Pyt
 becomes a `SpanRow` Struct whose fields are the table's columns, and msgspec encodes a whole batch to
 JSONEachRow in one C call; the bytes go to ClickHouse as they are (`raw_insert`). Nanosecond times travel
 as `"seconds.nanoseconds"` strings, the text form DateTime64(9) parses without loss.
+
+Cheap on purpose (tests/benchmarks/sink_throughput.py measures it): rows are built positionally, are not
+tracked by the garbage collector, and share the span's own nested Structs (documents, messages, scores)
+instead of copying them. Those Structs omit default values when encoded, and ClickHouse fills a named
+tuple's missing elements with their defaults (`input_format_json_defaults_for_missing_elements_in_named_tuple`,
+on by default), so their field names must stay the element names of the tuple columns in sinks/ddl.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
 from tracehouse.core.pricing import PriceTable, price_span
-from tracehouse.core.schema import Document, Event, LLMCall, Message, Score, Span, TraceRecord
+from tracehouse.core.schema import Document, LLMCall, Message, PromptTemplate, Score, Span, TraceRecord
 
 
 def ns_text(ns: int) -> str:
@@ -20,44 +28,17 @@ def ns_text(ns: int) -> str:
     return f"{seconds}.{nanos:09d}"
 
 
-class EventRow(msgspec.Struct):
+class EventRow(msgspec.Struct, gc=False):
+    """An event as the `events` tuple wants it: `time`, not the wire's `time_ns`."""
+
     name: str
     time: str
     attributes: dict[str, str]
 
 
-class DocumentRow(msgspec.Struct):
-    id: str
-    content: str
-    score: float | None
-    position: int
-    metadata: dict[str, str]
-
-
-class ToolCallRow(msgspec.Struct):
-    id: str
-    name: str
-    arguments: str
-
-
-class MessageRow(msgspec.Struct):
-    role: str
-    content: str
-    name: str
-    tool_call_id: str
-    tool_calls: list[ToolCallRow]
-
-
-class ScoreRow(msgspec.Struct):
-    name: str
-    value: float | None
-    label: str
-    source: str
-    comment: str
-
-
-class SpanRow(msgspec.Struct):
-    """One row of `tracehouse.spans`; field names are column names."""
+class SpanRow(msgspec.Struct, gc=False):
+    """One row of `tracehouse.spans`; field names are column names. Rows never form reference cycles, so
+    the garbage collector need not track them (a batch holds many)."""
 
     trace_id: str
     span_id: str
@@ -84,8 +65,8 @@ class SpanRow(msgspec.Struct):
     output: str
     attributes: dict[str, str]
     resource_attributes: dict[str, str]
-    events: list[EventRow]
-    documents: list[DocumentRow]
+    events: Sequence[EventRow]
+    documents: Sequence[Document]
     prompt_template: str
     prompt_version: str
     prompt_text: str
@@ -93,16 +74,16 @@ class SpanRow(msgspec.Struct):
     temperature: float | None
     max_tokens: int | None
     top_p: float | None
-    stop: list[str]
+    stop: Sequence[str]
     system_prompt: str
     invocation_parameters: str
-    input_messages: list[MessageRow]
-    output_messages: list[MessageRow]
+    input_messages: Sequence[Message]
+    output_messages: Sequence[Message]
     finish_reason: str
-    scores: list[ScoreRow]
+    scores: Sequence[Score]
     session_id: str
     user_id: str
-    tags: list[str]
+    tags: Sequence[str]
     ingest_partition: int
     ingest_offset: int
 
@@ -110,6 +91,8 @@ class SpanRow(msgspec.Struct):
 SPAN_COLUMNS: tuple[str, ...] = SpanRow.__struct_fields__
 
 _EMPTY_LLM = LLMCall()
+_EMPTY_PROMPT = PromptTemplate()
+_NONE: tuple[()] = ()  # for empty list columns: one shared object instead of a new list per row
 
 
 def error_type_of(span: Span) -> str:
@@ -123,84 +106,70 @@ def error_type_of(span: Span) -> str:
     return "" if span.status != "ERROR" else "error"
 
 
-def _messages(messages: list[Message]) -> list[MessageRow]:
-    return [
-        MessageRow(
-            m.role,
-            m.content,
-            m.name,
-            m.tool_call_id,
-            [ToolCallRow(t.id, t.name, t.arguments) for t in m.tool_calls],
-        )
-        for m in messages
-    ]
-
-
-def _events(events: list[Event]) -> list[EventRow]:
-    return [EventRow(e.name, ns_text(e.time_ns), e.attributes) for e in events]
-
-
-def _documents(documents: list[Document]) -> list[DocumentRow]:
-    return [DocumentRow(d.id, d.content, d.score, d.position, d.metadata) for d in documents]
-
-
-def _scores(scores: list[Score]) -> list[ScoreRow]:
-    return [ScoreRow(s.name, s.value, s.label, s.source, s.comment) for s in scores]
-
-
 def span_row(span: Span, prices: PriceTable, partition: int = 0, offset: int = 0) -> SpanRow:
     """The `spans` row for one span, priced from the price table when the span carries no cost."""
     llm = span.llm or _EMPTY_LLM
     usage = span.usage
     cost, cost_source = price_span(prices, llm.model, usage, span.cost_usd)
-    prompt = span.prompt
+    prompt = span.prompt or _EMPTY_PROMPT
+    start, end = span.start_time_ns, span.end_time_ns
+    start_s, start_ns = divmod(start, 1_000_000_000)
+    end_s, end_ns = divmod(end, 1_000_000_000)
+    status = span.status
+    events = span.events
+    if usage is None:
+        input_tokens = output_tokens = total_tokens = cached_tokens = reasoning_tokens = 0
+    else:
+        input_tokens, output_tokens, total_tokens = usage.input, usage.output, usage.total
+        cached_tokens, reasoning_tokens = usage.cached, usage.reasoning
+    # Positional, in SpanRow's field order (cheaper than matching 46 keyword names).
     return SpanRow(
-        trace_id=span.trace_id,
-        span_id=span.span_id,
-        parent_span_id=span.parent_span_id,
-        name=span.name,
-        kind=span.kind,
-        service=span.service,
-        start_time=ns_text(span.start_time_ns),
-        end_time=ns_text(span.end_time_ns),
-        duration_ns=span.end_time_ns - span.start_time_ns,
-        status=span.status,
-        status_message=span.status_message,
-        error_type=error_type_of(span) if (span.status == "ERROR" or span.events) else "",
-        model=llm.model,
-        provider=llm.provider,
-        input_tokens=usage.input if usage else 0,
-        output_tokens=usage.output if usage else 0,
-        total_tokens=usage.total if usage else 0,
-        cached_tokens=usage.cached if usage else 0,
-        reasoning_tokens=usage.reasoning if usage else 0,
-        cost_usd=cost,
-        cost_source=cost_source,
-        input=span.input,
-        output=span.output,
-        attributes=span.attributes,
-        resource_attributes=span.resource,
-        events=_events(span.events) if span.events else [],
-        documents=_documents(span.documents) if span.documents else [],
-        prompt_template=prompt.name if prompt else "",
-        prompt_version=prompt.version if prompt else "",
-        prompt_text=prompt.template if prompt else "",
-        prompt_variables=prompt.variables if prompt else {},
-        temperature=llm.temperature,
-        max_tokens=llm.max_tokens,
-        top_p=llm.top_p,
-        stop=llm.stop,
-        system_prompt=llm.system_prompt,
-        invocation_parameters=llm.invocation_parameters,
-        input_messages=_messages(llm.input_messages) if llm.input_messages else [],
-        output_messages=_messages(llm.output_messages) if llm.output_messages else [],
-        finish_reason=llm.finish_reason,
-        scores=_scores(span.scores) if span.scores else [],
-        session_id=span.session_id,
-        user_id=span.user_id,
-        tags=span.tags,
-        ingest_partition=partition,
-        ingest_offset=offset,
+        span.trace_id,
+        span.span_id,
+        span.parent_span_id,
+        span.name,
+        span.kind,
+        span.service,
+        f"{start_s}.{start_ns:09d}",
+        f"{end_s}.{end_ns:09d}",
+        end - start,
+        status,
+        span.status_message,
+        error_type_of(span) if (status == "ERROR" or events) else "",
+        llm.model,
+        llm.provider,
+        input_tokens,
+        output_tokens,
+        total_tokens,
+        cached_tokens,
+        reasoning_tokens,
+        cost,
+        cost_source,
+        span.input,
+        span.output,
+        span.attributes,
+        span.resource,
+        [EventRow(e.name, ns_text(e.time_ns), e.attributes) for e in events] if events else _NONE,
+        span.documents or _NONE,
+        prompt.name,
+        prompt.version,
+        prompt.template,
+        prompt.variables,
+        llm.temperature,
+        llm.max_tokens,
+        llm.top_p,
+        llm.stop or _NONE,
+        llm.system_prompt,
+        llm.invocation_parameters,
+        llm.input_messages or _NONE,
+        llm.output_messages or _NONE,
+        llm.finish_reason,
+        span.scores or _NONE,
+        span.session_id,
+        span.user_id,
+        span.tags or _NONE,
+        partition,
+        offset,
     )
 
 

@@ -110,6 +110,7 @@ class Stack:
         }
     )
     need_kafka: bool = True
+    need_clickhouse: bool = True
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tracehouse-bench-")))
     kafka_bootstrap: str = ""
     clickhouse_url: str = ""
@@ -132,7 +133,9 @@ class Stack:
         from tracehouse.infra.kafka_broker import KafkaBroker, create_topics
 
         external_ch = os.environ.get("TRACEHOUSE_CLICKHOUSE_URL")
-        if external_ch:
+        if not self.need_clickhouse:
+            self.clickhouse_url = external_ch or "http://127.0.0.1:1"
+        elif external_ch:
             self.clickhouse_url = external_ch
             note(f"ClickHouse: using {external_ch}")
         else:
@@ -191,7 +194,7 @@ class Stack:
             note(f"could not drop {settings.clickhouse.database}: {exc}")
 
     def stop(self) -> None:
-        if self._clickhouse is None:  # external server: drop only what we made there
+        if self._clickhouse is None and self.need_clickhouse:  # external server: drop only what we made
             for settings in self._databases:
                 self.drop(settings)
         if self._broker is not None:
@@ -291,3 +294,39 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
             return True
         time.sleep(interval)
     return predicate()
+
+
+_VOCABULARY: list[str] = []
+_WEIGHTS: list[float] = []
+
+
+def vary_text(spans: list[Span], seed: int) -> None:
+    """Replace the free text of spans (inputs, outputs, message contents, document contents) with words
+    drawn from a 20,000-word Zipf vocabulary, keeping each field's length: text that compresses about as
+    well as prose, where TraceFactory's is slices of one fixed text."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    if not _VOCABULARY:
+        letters = "etaoinshrdlcumwfgypbvkjxqz"
+        vocab_rng = random.Random(0)
+        words = {"".join(vocab_rng.choices(letters, k=vocab_rng.randint(2, 10))) for _ in range(25_000)}
+        _VOCABULARY.extend(sorted(words)[:20_000])
+        vocab_rng.shuffle(_VOCABULARY)
+        _WEIGHTS.extend(itertools.accumulate(1.0 / (rank + 1) for rank in range(len(_VOCABULARY))))
+
+    def text(like: str) -> str:
+        if len(like) < 40:  # names, ids, short questions: keep
+            return like
+        words = rng.choices(_VOCABULARY, cum_weights=_WEIGHTS, k=len(like) // 6 + 1)
+        return " ".join(words)[: len(like)]
+
+    for span in spans:
+        span.input = text(span.input)
+        span.output = text(span.output)
+        for document in span.documents:
+            document.content = text(document.content)
+        if span.llm is not None:
+            for message in (*span.llm.input_messages, *span.llm.output_messages):
+                message.content = text(message.content)
