@@ -46,6 +46,8 @@ from tracehouse.sinks.rows import encode_rows
 
 log = logging.getLogger("tracehouse.sink")
 
+FETCH_RECORDS = 500  # Kafka messages per fetch; a fetch this full means there is a backlog
+
 # Per-table insert settings. `spans` is a ReplacingMergeTree: by default every insert also collapses
 # duplicate keys within its own block, a second pass over the whole batch that costs about as much as the
 # rest of the insert. The sink stores each Kafka offset once, so the only duplicates are spans a producer
@@ -71,6 +73,7 @@ class SinkOptions:
     batch_rows: int = 50_000
     batch_bytes: int = 128 * 1024 * 1024  # encoded rows held in memory
     flush_interval_s: float = 1.0
+    idle_flush_s: float = 0.25  # when the last fetch found no backlog, insert after this long
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     stats_interval_s: float = 10.0
@@ -165,6 +168,7 @@ class Sink:
         self._client: AsyncClient | None = None
         # Fault injection for tests: die like SIGKILL right between an insert and its offset commit,
         # the one moment that decides exactly-once. Never set in production.
+        self._caught_up = False
         self._read: dict[TopicPartition, int] = {}  # next offset to read, per partition (for lag)
         fault = os.environ.get("TRACEHOUSE_FAULT_EXIT_BEFORE_COMMIT")
         self._exit_before_commit = int(fault) if fault else None
@@ -202,7 +206,8 @@ class Sink:
             gc.freeze()
         try:
             while not stop.is_set():
-                batch = await self._consumer.getmany(timeout_ms=100, max_records=500)
+                batch = await self._consumer.getmany(timeout_ms=100, max_records=FETCH_RECORDS)
+                self._caught_up = sum(len(m) for m in batch.values()) < FETCH_RECORDS
                 for tp, messages in batch.items():
                     for message in messages:
                         await self._add(tp, message.offset, message.value)
@@ -269,13 +274,17 @@ class Sink:
         return pending.rows >= self.options.batch_rows or pending.bytes >= self.options.batch_bytes
 
     def _due(self) -> bool:
+        """Insert when the batch is full, when it is old, or soon when there is no backlog: under load
+        batches grow to their size (few parts), and when caught up spans become queryable quickly."""
         pending = self._pending
         if not pending.next_offsets:
             return False
+        age = time.monotonic() - pending.first_at
         return (
             pending.rows >= self.options.batch_rows
             or pending.bytes >= self.options.batch_bytes
-            or time.monotonic() - pending.first_at >= self.options.flush_interval_s
+            or age >= self.options.flush_interval_s
+            or (self._caught_up and age >= self.options.idle_flush_s)
         )
 
     # ---- writing ----------------------------------------------------------------------------
