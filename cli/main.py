@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="ClickHouse cluster: ON CLUSTER DDL, Replicated *_local tables under Distributed tables",
     )
-    parsers["sink"].add_argument("--batch-rows", type=int, default=10_000)
+    parsers["sink"].add_argument("--batch-rows", type=int, default=50_000)
     parsers["sink"].add_argument("--flush-interval", type=float, default=1.0, help="seconds")
     parsers["sink"].add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics here [TRACEHOUSE_SINK_METRICS_PORT]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -30,6 +31,10 @@ def _own_log_handler(verbose: bool) -> None:
 
 def run_worker(settings: Settings, *, verbose: bool = False) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Every decoded span allocates containers; with the default thresholds the collector's young
+    # generation runs constantly and took ~40 % of the worker's CPU (tests/benchmarks/pipeline_throughput.py).
+    # Open traces and windows hold no reference cycles worth collecting often.
+    gc.set_threshold(100_000, 50, 100)
     app = create_app(settings)
 
     @app.on_configured.connect

@@ -29,7 +29,7 @@ async def _main(settings: Settings, options: SinkOptions) -> None:
 def run_sink(
     settings: Settings,
     *,
-    batch_rows: int = 10_000,
+    batch_rows: int = 50_000,
     flush_interval_s: float = 1.0,
     metrics_port: int = 0,
     metrics_host: str = "127.0.0.1",

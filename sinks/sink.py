@@ -170,6 +170,8 @@ class Sink:
         # the one moment that decides exactly-once. Never set in production.
         self._caught_up = False
         self._read: dict[TopicPartition, int] = {}  # next offset to read, per partition (for lag)
+        # Lowest offset still to be read per owned partition; set on assignment, reset on revocation.
+        self._floor: dict[TopicPartition, int] = {}
         fault = os.environ.get("TRACEHOUSE_FAULT_EXIT_BEFORE_COMMIT")
         self._exit_before_commit = int(fault) if fault else None
 
@@ -245,6 +247,11 @@ class Sink:
     # ---- reading ----------------------------------------------------------------------------
 
     async def _add(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
+        if offset < self._floor.get(tp, 0):
+            # Already stored (below the resume point), or already read in this assignment: a fetch that
+            # raced the seek on assignment hands such messages over once more. Never insert them twice.
+            return
+        self._floor[tp] = offset + 1
         pending = self._pending
         if not pending.next_offsets:
             pending.first_at = time.monotonic()
@@ -376,6 +383,9 @@ class Sink:
 
     def _forget(self, revoked: set[TopicPartition]) -> None:
         """Drop rows of partitions we no longer own; their next owner reads them again."""
+        for tp in revoked:
+            self._floor.pop(tp, None)
+            self._read.pop(tp, None)
         pending = self._pending
         if not revoked or not pending.next_offsets:
             return
@@ -409,6 +419,7 @@ class Sink:
                     committed,
                 )
                 self._consumer.seek(tp, resume)
+                self._floor[tp] = resume
 
     async def _stored_offsets(self) -> dict[int, int]:
         assert self._client is not None
