@@ -71,7 +71,7 @@ METRICS_HELP = {
 class SinkOptions:
     group_id: str = ""  # default: Settings.sink_group
     batch_rows: int = 50_000
-    batch_bytes: int = 128 * 1024 * 1024  # encoded rows held in memory
+    batch_bytes: int = 64 * 1024 * 1024  # encoded rows held in memory (a plateau, not growth)
     flush_interval_s: float = 1.0
     idle_flush_s: float = 0.25  # when the last fetch found no backlog, insert after this long
     retry_initial_s: float = 0.2
@@ -190,7 +190,7 @@ class Sink:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=3_000,
             max_poll_interval_ms=600_000,
