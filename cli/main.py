@@ -179,6 +179,14 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return main_alerts(_settings(args), args)
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    _need("cli", "rich")
+    _need("sinks", "clickhouse_connect")
+    from tracehouse.cli.top import main_top
+
+    return main_top(_settings(args), args)
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     _need("web", "clickhouse_connect")
     from tracehouse.web.app import DEFAULT_PORT, run_web
@@ -202,6 +210,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "query": ("run a named query (the six questions); --list shows them, --sql prints one", cmd_query),
     "trace": ("show one trace: span tree as a waterfall, LLM parameters, prompts, documents, errors", cmd_trace),
     "alerts": ("alerts firing now and recent alert state changes", cmd_alerts),
+    "top": ("live rollups: spans/s, p95 latency, error rate, tokens and cost per service and model", cmd_top),
     "web": ("the trace explorer in a browser: traces, waterfall, span details, charts, alerts", cmd_web),
 }
 
@@ -282,6 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["alerts"].add_argument("--since", default="24h", help="recent alerts from this long ago (default 24h)")
     parsers["alerts"].add_argument("--limit", type=int, default=None, help="at most this many recent alerts")
     parsers["alerts"].add_argument("--json", action="store_true", help='{"firing": [...], "recent": [...]} as JSON')
+    parsers["top"].add_argument(
+        "--interval", type=float, default=2.0, metavar="SECONDS", help="seconds between refreshes (default 2)"
+    )
+    parsers["top"].add_argument(
+        "--window", default="1m", help="the range each refresh covers, e.g. 30s, 1m, 15m (default 1m)"
+    )
+    parsers["top"].add_argument(
+        "--by",
+        default="service,model",
+        choices=("service", "model", "service,model"),
+        metavar="service|model|service,model",
+        help="group by (default service,model)",
+    )
+    parsers["top"].add_argument("--once", action="store_true", help="print one table and exit")
+    parsers["top"].add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
     return parser
 
 

@@ -49,7 +49,8 @@ Name = Annotated[str, Meta(min_length=1, max_length=1024)]
 ShortText = Annotated[str, Meta(max_length=1024)]
 # Nanoseconds since the epoch: after 2000-01-01 and before 2262 (the int64 nanosecond limit).
 TimeNs = Annotated[int, Meta(ge=946_684_800_000_000_000, le=9_223_372_036_854_775_807)]
-Count = Annotated[int, Meta(ge=0)]
+# Token counts are UInt32 columns in ClickHouse, which would silently wrap a larger value: reject it here.
+Count = Annotated[int, Meta(ge=0, le=4_294_967_295)]
 Attributes = dict[str, str]
 
 
@@ -86,7 +87,7 @@ class LLMCall(Struct, omit_defaults=True, gc=False):
     model: ShortText = ""
     provider: ShortText = ""
     temperature: float | None = None
-    max_tokens: int | None = None
+    max_tokens: Count | None = None
     top_p: float | None = None
     stop: list[str] = []
     system_prompt: str = ""

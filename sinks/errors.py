@@ -27,6 +27,7 @@ CONTENT_ERROR_CODES = frozenset(
         131,  # TOO_LARGE_STRING_SIZE
         321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
         407,  # DECIMAL_OVERFLOW
+        469,  # VIOLATED_CONSTRAINT (a CHECK constraint an operator added to a table)
         1001,  # STD_EXCEPTION (e.g. bad UTF-8 in some parsers)
     }
 )

@@ -12,6 +12,7 @@ t-digest of the per-minute aggregates). The CLI is run as a subprocess against t
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import io
 import json
@@ -35,6 +36,8 @@ from tracehouse.cli.trace_view import SpanNode, build_tree, show_trace
 from tracehouse.core.config import Settings
 from tracehouse.core.pricing import PriceTable, price_span
 from tracehouse.core.schema import Span
+from tracehouse.pipeline.rollups import Rollup
+from tracehouse.pipeline.sketch import LatencySketch
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
@@ -436,6 +439,53 @@ def test_firing_alerts_are_the_latest_state_per_rule_and_group(data: Dataset) ->
         ("llm-latency-p95", "search-api", "", "warning"),
         ("model-latency", "*", "gpt-4o", "info"),
     ]
+
+
+@covers("top")
+def test_top_reads_the_newest_rollup_windows(data: Dataset) -> None:
+    """Rollups built in Python from the dataset's spans (10 s windows of end time, per service, kind, name
+    and model, as the worker groups them); the query must sum the newest minute of them per group."""
+    rows: dict[tuple[int, str, str, str, str], list[Span]] = defaultdict(list)
+    for span in data.spans:
+        rows[(span.end_time_ns // 10**10 * 10, span.service, span.kind, span.name, model_of(span))].append(span)
+    rollups = []
+    for (start, service, kind, name, model), spans in rows.items():
+        sketch = LatencySketch()
+        for span in spans:
+            sketch.add(span.duration_ns / 1e6)
+        p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
+        rollups.append(
+            Rollup(window_start=start, window_seconds=10, service=service, kind=kind, name=name, model=model,
+                   count=len(spans), error_count=sum(s.status == "ERROR" for s in spans), rate_limit_count=0,
+                   latency_p50_ms=p50, latency_p95_ms=p95, latency_p99_ms=p99, latency_max_ms=sketch.max,
+                   latency_sketch=base64.b64encode(sketch.to_bytes()).decode(),
+                   input_tokens=sum(s.usage.input for s in spans if s.usage),
+                   output_tokens=sum(s.usage.output for s in spans if s.usage), cached_tokens=0,
+                   reasoning_tokens=0, cost_usd=sum(map(cost_of, spans)))
+        )  # fmt: skip
+    data.client.raw_insert("rollups", insert_block=encode_rows(rollups), fmt="JSONEachRow")
+    newest = max(start for start, *_ in rows)
+    recent = {key: spans for key, spans in rows.items() if key[0] > newest - 60}
+    p95_of = {(r.window_start, r.service, r.kind, r.name, r.model): r.latency_p95_ms for r in rollups}
+    for by_model in (1, 0):
+        groups: dict[tuple[str, str], list[tuple[int, str, str, str, str]]] = defaultdict(list)
+        for key in recent:
+            groups[(key[1], key[4] if by_model else "*")].append(key)
+        got = {(r["service"], r["model"]): r for r in ask(data, "top", by_model=by_model)}
+        assert set(got) == set(groups)
+        for group, keys in groups.items():
+            spans = [s for key in keys for s in recent[key]]
+            row = got[group]
+            assert row["calls"] == len(spans) and row["spans_per_second"] == round(len(spans) / 60, 3)
+            assert row["errors"] == sum(s.status == "ERROR" for s in spans)
+            assert row["input_tokens"] == sum(s.usage.input for s in spans if s.usage)
+            assert row["cost_usd"] == pytest.approx(sum(map(cost_of, spans)), abs=2e-6)
+            assert row["max_ms"] == round(max(s.duration_ns for s in spans) / 1e6, 1)
+            assert row["worst_p95_ms"] == round(max(p95_of[key] for key in keys), 1)
+            assert row["windows"] == len({key[0] for key in keys}) and row["seconds"] == 60
+            assert epoch_seconds(row["window_to"]) == newest + 10 and row["latency_sketches"] == []
+    with_sketches = ask(data, "top", sketches=1, window_seconds=30)
+    assert sum(len(r["latency_sketches"]) for r in with_sketches) == sum(1 for k in recent if k[0] > newest - 30)
 
 
 def test_every_named_query_is_tested() -> None:

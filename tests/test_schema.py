@@ -102,6 +102,9 @@ def test_one_bad_span_is_rejected_alone_with_its_reason_and_bytes() -> None:
         ({"start_time_ns": 5}, "start_time_ns"),
         ({"name": ""}, "name"),
         ({"usage": {"input": -1}}, "input"),
+        # Token counts are UInt32 columns: ClickHouse would silently wrap 2**32 to 0.
+        ({"usage": {"output": 2**32}}, "output"),
+        ({"llm": {"model": "gpt-4o", "max_tokens": -5}}, "max_tokens"),
     ],
 )
 def test_invalid_fields_are_named_in_the_reason(mutation: dict[str, object], reason: str) -> None:

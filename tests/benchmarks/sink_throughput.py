@@ -196,7 +196,7 @@ def insert_path(stack: h.Stack, count: int, batch_rows: int, runs: int) -> None:
                 lambda: each(lambda spans_: [span_row(s, prices, 0, 0) for s in spans_], decoded), count, runs
             ),
             "sink: encode rows (JSONEachRow lines)": cpu_us(
-                lambda: each(lambda rows: encoder(rows).split(b"\n"), sink_rows), count, runs
+                lambda: each(encoder, sink_rows), count, runs
             ),
             "peer: build Python lists": cpu_us(
                 lambda: each(lambda spans_: [peer_row(s, peer_prices, 0, 0) for s in spans_], decoded), count, runs
@@ -225,20 +225,20 @@ def insert_path(stack: h.Stack, count: int, batch_rows: int, runs: int) -> None:
         sink._client = client  # the sink's own code from message to insert, without its Kafka consumer
         table = f"`{settings.clickhouse.database}`.spans"
         columns = list(SPAN_COLUMNS)
-        tp = TopicPartition(topics.SPANS, 0)
         never = asyncio.Event()
 
         async def sink_from_bytes() -> None:
-            # Sink._add (decode, rows, encode into the pending batch), then Sink._insert_all per batch
-            buffer = sink._pending.buffers[topics.SPANS]
+            # Sink._add (decode, rows, encode into its lane's pending batch), then Sink._flush per full
+            # batch: the sink's own pipelining (each lane encodes its next batch while its last one is
+            # inserted, lanes insert concurrently). Messages come from 4 partitions, as Kafka hands them.
+            sink._floor.clear()  # each run hands the same offsets over again
             for i, m in enumerate(messages):
-                await sink._add(tp, i, m)
-                if len(buffer.rows) >= batch_rows:
-                    await sink._insert_all(buffer, never, False)
-                    sink._pending.clear()
-            if buffer.rows:
-                await sink._insert_all(buffer, never, False)
-                sink._pending.clear()
+                tp = TopicPartition(topics.SPANS, i % 4)
+                await sink._add(tp, i // 4, m)
+                lane = sink._lane(tp)
+                if sink._full(lane):
+                    await sink._flush(lane, never)
+            await sink._flush_all(never)
 
         async def peer_from_bytes(settings_: dict[str, Any]) -> None:
             pending: list[list[Any]] = []
@@ -252,9 +252,7 @@ def insert_path(stack: h.Stack, count: int, batch_rows: int, runs: int) -> None:
 
         async def sink_rows_only() -> None:
             for rows in chunks(sink_rows, batch_rows):
-                lines = encoder(rows).split(b"\n")
-                lines.pop()
-                await sink._insert(route, lines)
+                await sink._insert(route, [encoder(message) for message in chunks(rows, MESSAGE_SPANS)])
 
         async def peer_rows_only(settings_: dict[str, Any]) -> None:
             for rows in chunks(peer_rows, batch_rows):
