@@ -10,15 +10,17 @@ The rules, each for a failure users of other tools have hit:
   is not inserted twice: each span lands exactly once.
 - A row ClickHouse rejects for its content is found by splitting the batch and goes to `tracehouse.dlq`
   with the reason; the rest of the batch lands.
-- Inserts run concurrently in lanes, and each lane reads and encodes its next batch while its last one is
-  being inserted: the sink's CPU (decode, rows, encode) and ClickHouse's (parse, write) overlap instead of
-  taking turns, and ClickHouse parses two inserts on two cores (one insert is mostly one core). Each Kafka
-  partition belongs to one lane (partition % lanes), and a lane inserts one batch at a time, in order,
-  committing its offsets only after it is stored: per partition, the exactly-once argument above is
-  unchanged. Memory is two batches per lane.
+- Under a backlog, inserts run concurrently in lanes, and each lane reads and encodes its next batch
+  while its last one is being inserted: the sink's CPU (decode, rows, encode) and ClickHouse's (parse,
+  write) overlap instead of taking turns, and ClickHouse parses two inserts on two cores (one insert is
+  mostly one core). Each Kafka partition belongs to one lane (partition % lanes), and a lane inserts one
+  batch at a time, in order, committing its offsets only after it is stored: per partition, the
+  exactly-once argument above is unchanged. Memory is two batches per lane. Without a backlog (batches
+  sent because of their age, not their size) the lanes' rows go as one insert, in flight for every lane:
+  concurrency would only cut the parts smaller.
 - Big batches (rows, bytes and time bounds): few parts, no TOO_MANY_PARTS. Each message's rows are
-  encoded as soon as they are read and held as bytes (JSONEachRow lines), not as Python objects: a batch
-  of 50,000 spans is ~110 MB, and the garbage collector has nothing to scan. Batch size is the biggest
+  encoded as soon as they are read and held as bytes (JSONEachRow lines), not as Python objects, so the
+  garbage collector has nothing to scan. Batch size is the biggest
   lever on ClickHouse's cost per row (each insert writes a part in `spans` and in every table its
   materialized views feed, and small parts are merged again later); tests/benchmarks/sink_throughput.py
   measures it.
@@ -84,7 +86,11 @@ class SinkOptions:
     # engine's ~125k with two).
     insert_lanes: int = 2
     flush_interval_s: float = 1.0
-    idle_flush_s: float = 0.25  # when the last fetch found no backlog, insert after this long
+    # When the last fetch found no backlog, insert after this long. Not shorter: every insert writes a part
+    # in `spans` and in each table its views feed, and ClickHouse's CPU per span climbs steeply as parts
+    # shrink (measured on the embedded engine: ~13 µs at 25,000 rows, 17 at 10,000, 35 at 2,500, 55 at
+    # 1,000, merges included). 0.5 s keeps the delay to queryable well under a second at moderate load.
+    idle_flush_s: float = 0.5
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     stats_interval_s: float = 10.0
@@ -138,6 +144,18 @@ class _Pending:
         self.rows = 0
         self.first_at = 0.0
 
+    def absorb(self, other: _Pending) -> None:
+        """Add another batch's rows and offsets to this one (they cover different partitions)."""
+        for topic, buffer in self.buffers.items():
+            theirs = other.buffers[topic]
+            buffer.chunks.extend(theirs.chunks)
+            buffer.counts.extend(theirs.counts)
+            buffer.origins.extend(theirs.origins)
+        self.next_offsets.update(other.next_offsets)
+        self.bytes += other.bytes
+        self.rows += other.rows
+        self.first_at = min(self.first_at, other.first_at)
+
 
 @dataclass
 class _Lane:
@@ -145,8 +163,8 @@ class _Lane:
     so their inserts stay in order)."""
 
     pending: _Pending
+    # The insert of the lane's last batch; a time-based insert of every lane's rows is shared by all lanes
     inflight: asyncio.Task[bool] | None = None
-    inflight_rows: int = 0
 
 
 async def _stream(chunks: list[bytes]) -> AsyncIterator[bytes]:
@@ -197,6 +215,7 @@ class Sink:
         self._read: dict[TopicPartition, int] = {}  # next offset to read, per partition (for lag)
         # Lowest offset still to be read per owned partition; set on assignment, reset on revocation.
         self._floor: dict[TopicPartition, int] = {}
+        self._inflight_rows: dict[asyncio.Task[bool], int] = {}  # rows of each insert in flight
         self._given_up = False  # a batch was abandoned while stopping: store nothing after it
         self._final = False  # the final flush is under way: give up on the first failed retry
         fault = os.environ.get("TRACEHOUSE_FAULT_EXIT_BEFORE_COMMIT")
@@ -243,9 +262,8 @@ class Sink:
                         await self._add(tp, message.offset, message.value)
                         if self._full(lane):  # a message carries hundreds of rows: check after each
                             await self._flush(lane, stop)
-                for lane in self._lanes:
-                    if self._due(lane):
-                        await self._flush(lane, stop)
+                if self._due():
+                    await self._flush_round(stop)
                 now = time.monotonic()
                 if now - last_stats >= self.options.stats_interval_s:
                     last_stats = now
@@ -312,23 +330,19 @@ class Sink:
         pending = lane.pending
         return pending.rows >= self.options.batch_rows or pending.bytes >= self.options.batch_bytes
 
-    def _due(self, lane: _Lane) -> bool:
-        """Insert when the batch is full, when it is old, or soon when there is no backlog: under load
-        batches grow to their size (few parts), and when caught up spans become queryable quickly."""
-        pending = lane.pending
-        if not pending.next_offsets:
+    def _due(self) -> bool:
+        """Insert when the oldest pending row is old, or soon when there is no backlog: when caught up,
+        spans become queryable quickly, and the insert is one for all lanes (few, big parts)."""
+        started = [lane.pending.first_at for lane in self._lanes if lane.pending.next_offsets]
+        if not started:
             return False
-        age = time.monotonic() - pending.first_at
-        return (
-            self._full(lane)
-            or age >= self.options.flush_interval_s
-            or (self._caught_up and age >= self.options.idle_flush_s)
-        )
+        age = time.monotonic() - min(started)
+        return age >= self.options.flush_interval_s or (self._caught_up and age >= self.options.idle_flush_s)
 
     # ---- writing ----------------------------------------------------------------------------
 
     async def _flush(self, lane: _Lane, stop: asyncio.Event) -> None:
-        """Seal the lane's pending batch and start inserting it; reading goes on while ClickHouse stores it.
+        """Seal a full lane's batch and start inserting it; reading goes on while ClickHouse stores it.
 
         The lane's batch before it must be stored first (inserts of a partition stay in order:
         `ingest_offsets` keeps only the highest stored offset per partition, so a later batch must never
@@ -341,18 +355,41 @@ class Sink:
         if not pending.next_offsets:
             return
         lane.pending = _Pending(self.routes)
-        lane.inflight_rows = pending.rows
-        lane.inflight = asyncio.create_task(self._store(pending, stop), name="tracehouse-sink-insert")
+        self._start_insert(pending, [lane], stop)
+
+    async def _flush_round(self, stop: asyncio.Event) -> None:
+        """Time-based: one insert of every lane's rows, once every lane's last insert is stored.
+
+        Below full batches, concurrency buys nothing and each extra insert costs a part in every table;
+        so the lanes' rows go together, and that insert is in flight for every lane (each lane's next
+        insert waits for it, which keeps every partition in order)."""
+        if not await self._settle_all():
+            return
+        batches = [lane.pending for lane in self._lanes if lane.pending.next_offsets]
+        if not batches:
+            return
+        combined = batches[0]
+        for other in batches[1:]:
+            combined.absorb(other)
+        for lane in self._lanes:
+            lane.pending = _Pending(self.routes)
+        self._start_insert(combined, self._lanes, stop)
+
+    def _start_insert(self, batch: _Pending, lanes: list[_Lane], stop: asyncio.Event) -> None:
+        task = asyncio.create_task(self._store(batch, stop), name="tracehouse-sink-insert")
+        self._inflight_rows[task] = batch.rows
+        task.add_done_callback(lambda done: self._inflight_rows.pop(done, None))
+        for lane in lanes:
+            lane.inflight = task
 
     async def _flush_all(self, stop: asyncio.Event) -> None:
         """On the way out: insert what every lane holds and wait until all of it is stored."""
         self._final = True
-        for lane in self._lanes:
-            await self._flush(lane, stop)
+        await self._flush_round(stop)
         await self._settle_all()
 
     async def _settle(self, lane: _Lane) -> bool:
-        """Wait until the lane's batch being inserted is stored and committed; False once a batch was given up.
+        """Wait until the lane's insert in flight is stored and committed; False once a batch was given up.
 
         Shielded: a caller that is cancelled (shutdown, a rebalance callback) does not cancel the insert
         half way; `_abandon_inflight` is the one place that does."""
@@ -361,7 +398,6 @@ class Sink:
             stored = await asyncio.shield(task)
             if lane.inflight is task:
                 lane.inflight = None
-                lane.inflight_rows = 0
             if not stored:
                 self._given_up = True
         return not self._given_up
@@ -374,9 +410,11 @@ class Sink:
         """On the way out (normally nothing is left: the final flush waited): stop inserts still retrying.
         Their offsets are not committed, so Kafka hands their rows over again; `ingest_offsets` skips any
         that did land."""
+        tasks = {lane.inflight for lane in self._lanes if lane.inflight is not None}
         for lane in self._lanes:
-            task, lane.inflight = lane.inflight, None
-            if task is not None and not task.done():
+            lane.inflight = None
+        for task in tasks:
+            if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -582,11 +620,14 @@ class Sink:
             ("tracehouse_sink_invalid_records_total", {}, s.invalid),
             ("tracehouse_sink_last_batch_rows", {}, s.last_batch_rows),
             ("tracehouse_sink_rows_per_second", {}, round(s.rate(), 1)),
-            ("tracehouse_sink_pending_rows", {}, sum(lane.pending.rows + lane.inflight_rows for lane in self._lanes)),
+            ("tracehouse_sink_pending_rows", {}, self._pending_rows()),
         ]
         for tp, lag in sorted(self.lag().items()):
             out.append(("tracehouse_sink_lag_messages", {"topic": tp.topic, "partition": str(tp.partition)}, lag))
         return out
+
+    def _pending_rows(self) -> int:
+        return sum(lane.pending.rows for lane in self._lanes) + sum(self._inflight_rows.values())
 
     def _log_stats(self) -> None:
         s = self.stats
