@@ -104,6 +104,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         _settings(args),
         batch_rows=args.batch_rows,
         flush_interval_s=args.flush_interval,
+        insert_lanes=args.insert_lanes,
         metrics_port=metrics_port,
         metrics_host=os.environ.get("TRACEHOUSE_SINK_METRICS_HOST") or "127.0.0.1",
     )
@@ -267,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parsers["sink"].add_argument("--batch-rows", type=int, default=50_000)
     parsers["sink"].add_argument("--flush-interval", type=float, default=1.0, help="seconds")
+    parsers["sink"].add_argument(
+        "--insert-lanes",
+        type=int,
+        default=int(os.environ.get("TRACEHOUSE_SINK_INSERT_LANES") or 2),
+        help="concurrent inserts under a backlog, each for its share of the partitions [TRACEHOUSE_SINK_INSERT_LANES]",
+    )
     parsers["sink"].add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics here [TRACEHOUSE_SINK_METRICS_PORT]"
     )

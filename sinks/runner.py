@@ -31,12 +31,14 @@ def run_sink(
     *,
     batch_rows: int = 50_000,
     flush_interval_s: float = 1.0,
+    insert_lanes: int = 2,
     metrics_port: int = 0,
     metrics_host: str = "127.0.0.1",
 ) -> int:
     options = SinkOptions(
         batch_rows=batch_rows,
         flush_interval_s=flush_interval_s,
+        insert_lanes=insert_lanes,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
     )
