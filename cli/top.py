@@ -39,7 +39,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from rich.bar import Bar
@@ -236,22 +236,8 @@ def group_row(row: dict[str, Any], by: Sequence[str]) -> GroupRow:
     sketch = merged_sketch(row["latency_sketches"])
     if sketch is not None and sketch.count != row["calls"]:
         sketch = None  # a sketch that does not describe exactly the counted spans: do not trust its p95
-    return GroupRow(
-        keys={key: row[key] for key in by},
-        calls=row["calls"],
-        errors=row["errors"],
-        rate_limits=row["rate_limits"],
-        input_tokens=row["input_tokens"],
-        output_tokens=row["output_tokens"],
-        cached_tokens=row["cached_tokens"],
-        reasoning_tokens=row["reasoning_tokens"],
-        cost_usd=row["cost_usd"],
-        max_ms=row["max_ms"],
-        worst_p95_ms=row["worst_p95_ms"],
-        windows=row["windows"],
-        seconds=row["seconds"],
-        sketch=sketch,
-    )
+    measures = {f.name: row[f.name] for f in fields(GroupRow) if f.name not in ("keys", "sketch")}
+    return GroupRow(keys={key: row[key] for key in by}, sketch=sketch, **measures)
 
 
 def total_of(groups: Sequence[GroupRow]) -> GroupRow:

@@ -9,12 +9,13 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+from dead_letters import read_dead_letters
 from waiting import wait_until
 
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
-from tracehouse.core.schema import decode_dead_letter, encode_batch
+from tracehouse.core.schema import DeadLetter, encode_batch
 from tracehouse.infra.ports import free_port
 from tracehouse.infra.processes import ManagedProcess
 from tracehouse.infra.stack import LocalStack
@@ -162,29 +163,10 @@ def test_spans_reach_clickhouse_and_bad_records_reach_the_dlq(
     assert "# TYPE tracehouse_sink_retries_total counter" in metrics
 
     # The worker dead-lettered both bad records with their reasons.
-    async def read_dlq() -> list:
-        consumer = AIOKafkaConsumer(
-            topics.DLQ,
-            bootstrap_servers=settings.kafka_bootstrap,
-            auto_offset_reset="earliest",
-            group_id=f"dlq-reader-{settings.sink_group}",
-        )
-        await consumer.start()
-        found = []
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and len(found) < 2:
-                batch = await consumer.getmany(timeout_ms=500)
-                for messages in batch.values():
-                    for message in messages:
-                        letter = decode_dead_letter(message.value)
-                        if letter.payload == marker or bad_span.span_id.encode() in letter.payload:
-                            found.append(letter)
-        finally:
-            await consumer.stop()
-        return found
+    def caused_here(letter: DeadLetter) -> bool:
+        return letter.payload == marker or bad_span.span_id.encode() in letter.payload
 
-    letters = asyncio.run(read_dlq())
+    letters = asyncio.run(read_dead_letters(settings, caused_here, expected=2))
     reasons = sorted(letter.reason for letter in letters)
     assert len(letters) == 2, reasons
     assert any("not a span batch" in r for r in reasons), reasons

@@ -16,11 +16,11 @@ import threading
 import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from dead_letters import read_dead_letters
 from waiting import wait_until
 
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
-from tracehouse.core.schema import DeadLetter, decode_dead_letter
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions
 from tracehouse.producers.transport import SpanTransport
 from tracehouse.sinks.clickhouse import sync_client
@@ -59,38 +59,12 @@ async def start_group_at_end(settings: Settings) -> None:
     try:
         wanted = [topics.SPANS, topics.TRACES, topics.ROLLUPS, topics.ALERTS]
         await consumer._client.force_metadata_update()  # what partitions_for_topic reads
-        partitions = [
-            TopicPartition(topic, p) for topic in wanted for p in consumer.partitions_for_topic(topic) or ()
-        ]
+        partitions = [TopicPartition(topic, p) for topic in wanted for p in consumer.partitions_for_topic(topic) or ()]
         ends = await consumer.end_offsets(partitions)
         consumer.assign(partitions)
         await consumer.commit(ends)
     finally:
         await consumer.stop()
-
-
-async def read_sink_letters(settings: Settings, wanted: set[str], timeout: float = 30) -> list[DeadLetter]:
-    """The sink's dead letters whose payload holds one of the wanted span ids."""
-    consumer = AIOKafkaConsumer(
-        topics.DLQ,
-        bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest",
-        group_id=f"dlq-reader-{settings.sink_group}",
-    )
-    await consumer.start()
-    found: list[DeadLetter] = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(found) < len(wanted):
-            batch = await consumer.getmany(timeout_ms=500)
-            for messages in batch.values():
-                for message in messages:
-                    letter = decode_dead_letter(message.value)
-                    if letter.stage == "sink" and any(s.encode() in letter.payload for s in wanted):
-                        found.append(letter)
-    finally:
-        await consumer.stop()
-    return found
 
 
 def test_rows_clickhouse_rejects_go_to_the_dlq_and_the_rest_lands_once(settings: Settings) -> None:
@@ -129,12 +103,20 @@ def test_rows_clickhouse_rejects_go_to_the_dlq_and_the_rest_lands_once(settings:
         time.sleep(1.0)  # a duplicate would have landed by now
     assert sink.stats.dead_letters >= len(poisoned)
     assert stored() == (good, good)
-    assert client.command(
-        "SELECT count() FROM spans WHERE has({ids:Array(String)}, span_id)",
-        parameters={"ids": [s.span_id for s in poisoned]},
-    ) == 0
+    assert (
+        client.command(
+            "SELECT count() FROM spans WHERE has({ids:Array(String)}, span_id)",
+            parameters={"ids": [s.span_id for s in poisoned]},
+        )
+        == 0
+    )
 
-    letters = asyncio.run(read_sink_letters(settings, {s.span_id for s in poisoned}))
+    ids = [s.span_id.encode() for s in poisoned]
+    letters = asyncio.run(
+        read_dead_letters(
+            settings, lambda d: d.stage == "sink" and any(i in d.payload for i in ids), expected=len(poisoned)
+        )
+    )
     assert len(letters) == len(poisoned)
     for letter in letters:
         assert "ClickHouse rejected the row" in letter.reason and "Code: " in letter.reason, letter.reason
