@@ -192,6 +192,8 @@ class SpanTransport:
                 max_request_size=max(self.max_message_bytes * 2, 1_048_576),
                 linger_ms=0,
                 acks="all",
+                # The producer's own retries (a lost acknowledgement) then never write a message twice.
+                enable_idempotence=True,
                 request_timeout_ms=15_000,
                 **self.producer_options,  # type: ignore[arg-type]
             )

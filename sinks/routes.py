@@ -16,7 +16,7 @@ import msgspec
 from tracehouse.core import topics
 from tracehouse.core.pricing import PriceTable
 from tracehouse.core.schema import SchemaError, decode_batch, decode_traces
-from tracehouse.sinks.rows import SPAN_COLUMNS, TRACE_COLUMNS, span_row, trace_row
+from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, TRACE_COLUMNS, span_row, trace_row
 
 Rejected = tuple[str, bytes]  # reason, original bytes
 Decoded = tuple[list[msgspec.Struct], list[Rejected]]
@@ -29,6 +29,7 @@ class Route:
     columns: tuple[str, ...]
     decode: Callable[[bytes, int, int], Decoded]  # value, partition, offset
     offsets_in_rows: bool = False  # rows carry ingest_partition/ingest_offset (exactly-once seek)
+    fmt: str = "JSONEachRow"  # how encode_rows writes this route's rows
 
 
 def spans_route(prices: PriceTable) -> Route:
@@ -40,7 +41,7 @@ def spans_route(prices: PriceTable) -> Route:
         rows = [span_row(span, prices, partition, offset) for span in spans]
         return rows, [(bad.reason, bad.payload) for bad in rejected]
 
-    return Route(topics.SPANS, "spans", SPAN_COLUMNS, decode, offsets_in_rows=True)
+    return Route(topics.SPANS, "spans", SPAN_COLUMNS, decode, offsets_in_rows=True, fmt=SPAN_FORMAT)
 
 
 def traces_route() -> Route:

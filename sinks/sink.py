@@ -19,7 +19,7 @@ The rules, each for a failure users of other tools have hit:
   sent because of their age, not their size) the lanes' rows go as one insert, in flight for every lane:
   concurrency would only cut the parts smaller.
 - Big batches (rows, bytes and time bounds): few parts, no TOO_MANY_PARTS. Each message's rows are
-  encoded as soon as they are read and held as bytes (JSONEachRow lines), not as Python objects, so the
+  encoded as soon as they are read and held as bytes (JSON lines), not as Python objects, so the
   garbage collector has nothing to scan. Batch size is the biggest
   lever on ClickHouse's cost per row (each insert writes a part in `spans` and in every table its
   materialized views feed, and small parts are merged again later); tests/benchmarks/sink_throughput.py
@@ -51,7 +51,7 @@ from tracehouse.sinks.clickhouse import async_client
 from tracehouse.sinks.errors import is_content_error
 from tracehouse.sinks.metrics import MetricsServer, Sample
 from tracehouse.sinks.routes import Route, default_routes
-from tracehouse.sinks.rows import encode_rows
+from tracehouse.sinks.rows import encode_rows, readable_row
 
 log = logging.getLogger("tracehouse.sink")
 
@@ -484,7 +484,7 @@ class Sink:
                 await self._dead_letter(
                     f"ClickHouse rejected the row: {str(exc)[:2000]}",
                     "sink",
-                    chunks[0],  # the row as JSONEachRow, as encode_rows([row]) writes it
+                    readable_row(chunks[0], route.columns),  # the row as a JSON object line
                     TopicPartition(route.topic, origins[0][0]),
                     origins[0][1],
                 )
@@ -509,7 +509,7 @@ class Sink:
             f"`{self.database}`.{route.table}",
             column_names=route.columns,
             insert_block=_stream(chunks),
-            fmt="JSONEachRow",
+            fmt=route.fmt,
             settings=INSERT_SETTINGS.get(route.table),
         )
 

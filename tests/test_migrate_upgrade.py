@@ -24,7 +24,7 @@ from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.ddl import LATEST_VERSION, MIGRATIONS
 from tracehouse.sinks.migrate import migrate
 from tracehouse.sinks.queries import QUERIES, run_query
-from tracehouse.sinks.rows import SpanRow, encode_rows, span_row
+from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, SpanRow, encode_rows, span_row
 
 MINUTE_NS = 60 * 1_000_000_000
 
@@ -49,7 +49,7 @@ def _spans(seed: int, base_ns: int, traces: int) -> list[Span]:
 def _insert(client: Client, spans: list[Span]) -> list[SpanRow]:
     prices = PriceTable()
     rows = [span_row(span, prices) for span in spans]
-    client.raw_insert("spans", insert_block=encode_rows(rows), fmt="JSONEachRow")
+    client.raw_insert("spans", SPAN_COLUMNS, encode_rows(rows), fmt=SPAN_FORMAT)
     return rows
 
 

@@ -43,7 +43,7 @@ from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
 from tracehouse.sinks.queries import QUERIES, run_query
 from tracehouse.sinks.record_routes import AlertRow
-from tracehouse.sinks.rows import encode_rows, span_row
+from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, encode_rows, span_row
 
 SEED = 20251127
 MINUTE_NS = 60 * 1_000_000_000
@@ -134,7 +134,7 @@ def data(clickhouse_url: str) -> Iterator[Dataset]:
     prices = PriceTable()
     client = sync_client(settings.clickhouse)
     rows = [span_row(s, prices, partition=0, offset=i) for i, s in enumerate(spans + big)]
-    client.raw_insert("spans", insert_block=encode_rows(rows), fmt="JSONEachRow")
+    client.raw_insert("spans", SPAN_COLUMNS, encode_rows(rows), fmt=SPAN_FORMAT)
     now_ms = int(time.time() * 1000)
     alerts = _alerts(now_ms)
     client.raw_insert("alerts", insert_block=encode_rows(alerts), fmt="JSONEachRow")

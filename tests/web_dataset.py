@@ -22,7 +22,7 @@ from tracehouse.producers.traffic import TraceFactory, TrafficOptions
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
 from tracehouse.sinks.record_routes import AlertRow
-from tracehouse.sinks.rows import encode_rows, span_row, trace_row
+from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, encode_rows, span_row, trace_row
 
 SEED = 424242
 MINUTE_NS = 60 * 1_000_000_000
@@ -142,7 +142,7 @@ def load(clickhouse_url: str, database: str, *, traces: int = 40) -> WebDataset:
     records = assemble(generated, prices)
     client = sync_client(settings.clickhouse)
     rows = [span_row(s, prices, partition=0, offset=i) for i, s in enumerate(s for t in generated.values() for s in t)]
-    client.raw_insert("spans", insert_block=encode_rows(rows), fmt="JSONEachRow")
+    client.raw_insert("spans", SPAN_COLUMNS, encode_rows(rows), fmt=SPAN_FORMAT)
     stale_trace = next(iter(generated))
     stale = records[stale_trace]
     older = TraceRecord(**{f: getattr(stale, f) for f in stale.__struct_fields__})

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import random
 import time
@@ -49,8 +50,8 @@ from tracehouse.core.pricing import PriceTable
 from tracehouse.core.schema import Span, decode_batch, encode_batch
 from tracehouse.sinks.clickhouse import async_client, sync_client
 from tracehouse.sinks.queries import QUERIES, run_query
-from tracehouse.sinks.routes import Route, spans_route
-from tracehouse.sinks.rows import SPAN_COLUMNS, encode_rows, span_row
+from tracehouse.sinks.routes import spans_route
+from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, encode_rows, span_row
 from tracehouse.sinks.sink import Sink, SinkOptions
 
 MESSAGE_SPANS = 500  # spans per Kafka message, as the SDK's transport sends them
@@ -356,7 +357,7 @@ def sink_in_process(stack: h.Stack, start: dict[Any, int], count: int, batch_row
             first_message.append(time.perf_counter())
         return base.decode(value, partition, offset)
 
-    route = Route(base.topic, base.table, base.columns, decode, offsets_in_rows=True)
+    route = dataclasses.replace(base, decode=decode)
     flushes: list[tuple[float, int]] = []
     total = 0
 
@@ -547,7 +548,7 @@ def load_direct(settings: Settings, count: int, seed: int, *, varied_text: bool 
             if pending is not None:
                 pending.result()
             pending = pool.submit(
-                client.raw_insert, "spans", SPAN_COLUMNS, body, settings=insert_settings, fmt="JSONEachRow"
+                client.raw_insert, "spans", SPAN_COLUMNS, body, settings=insert_settings, fmt=SPAN_FORMAT
             )
         if pending is not None:
             pending.result()
