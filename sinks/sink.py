@@ -80,7 +80,7 @@ METRICS_HELP = {
 class SinkOptions:
     group_id: str = ""  # default: Settings.sink_group
     batch_rows: int = 50_000
-    batch_bytes: int = 64 * 1024 * 1024  # encoded rows per insert; memory holds 2 * lanes of them at most
+    batch_bytes: int = 32 * 1024 * 1024  # encoded rows per insert; memory holds 2 * lanes of them at most
     # Concurrent inserts, each for its own share of the partitions (see the module docstring); two keep
     # two cores of ClickHouse busy (measured: one insert at a time reaches ~90k spans/s of the embedded
     # engine's ~125k with two).
