@@ -36,6 +36,18 @@ from tracehouse.web.params import iso
 Row = dict[str, Any]
 
 
+
+def _usage(row: dict[str, Any]) -> dict[str, Any]:
+    """The token counts and cost every row shape (trace, span, chart point) carries under the same names."""
+    return {
+        "input_tokens": int(row["input_tokens"]),
+        "output_tokens": int(row["output_tokens"]),
+        "cached_tokens": int(row["cached_tokens"]),
+        "reasoning_tokens": int(row["reasoning_tokens"]),
+        "total_tokens": int(row["total_tokens"]),
+        "cost_usd": float(row["cost_usd"]),
+    }
+
 def finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -67,12 +79,7 @@ def trace_summary(row: Row) -> TraceSummary:
         duration_ns=int(row["duration_ns"]),
         span_count=int(row["span_count"]),
         error_count=int(row["error_count"]),
-        input_tokens=int(row["input_tokens"]),
-        output_tokens=int(row["output_tokens"]),
-        cached_tokens=int(row["cached_tokens"]),
-        reasoning_tokens=int(row["reasoning_tokens"]),
-        total_tokens=int(row["total_tokens"]),
-        cost_usd=float(row["cost_usd"]),
+        **_usage(row),
         unpriced_models=list(row["unpriced_models"]),
         session_id=row["session_id"],
         user_id=row["user_id"],
@@ -160,12 +167,7 @@ def span_out(row: Row, trace_start_ns: int, cls: type[SpanOut] = SpanOut, **tree
         status_message=row["status_message"],
         error_type=row["error_type"],
         model=row["model"],
-        input_tokens=int(row["input_tokens"]),
-        output_tokens=int(row["output_tokens"]),
-        cached_tokens=int(row["cached_tokens"]),
-        reasoning_tokens=int(row["reasoning_tokens"]),
-        total_tokens=int(row["total_tokens"]),
-        cost_usd=float(row["cost_usd"]),
+        **_usage(row),
         cost_source=row["cost_source"],
         input=row["input_cut"],
         input_chars=int(row["input_chars"]),
@@ -260,12 +262,7 @@ def rollup_series(rows: Sequence[Row], max_groups: int) -> tuple[list[RollupSeri
             p95_ms=_ms(latency[1]),
             p99_ms=_ms(latency[2]),
             max_ms=_ms(row["max_ns"]),
-            input_tokens=int(row["input_tokens"]),
-            output_tokens=int(row["output_tokens"]),
-            cached_tokens=int(row["cached_tokens"]),
-            reasoning_tokens=int(row["reasoning_tokens"]),
-            total_tokens=int(row["total_tokens"]),
-            cost_usd=float(row["cost_usd"]),
+            **_usage(row),
         )
         entry.points.append(point)
         entry.calls += point.calls
