@@ -14,17 +14,15 @@ otherwise.
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -38,11 +36,12 @@ from tracehouse.core.config import Settings
 from tracehouse.core.pricing import PriceTable, price_span
 from tracehouse.core.schema import Span
 from tracehouse.sinks.trace_tree import build_tree
-from tracehouse.web.app import create_app, serve
+from tracehouse.web.app import create_app
 from tracehouse.web.openapi import build_openapi
 
 sys.path.insert(0, str(Path(__file__).parent))
 from web_dataset import BIG_TRACE_ID, WebDataset, load
+from web_server import ServerThread, get
 
 CHROMIUM = os.environ.get("TRACEHOUSE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -54,66 +53,6 @@ ANALYSED = ("LLM", "RETRIEVER", "EMBEDDING", "RERANKER")
 
 
 # ---- the server ------------------------------------------------------------------------------------
-
-
-class ServerThread:
-    """The real application on a free port, served from its own thread and event loop (so sync tests and
-    Playwright's sync API can talk to it)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="tracehouse-web-test", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-
-            def started(port: int) -> None:
-                self.port = port
-                self._ready.set()
-
-            await serve(self.settings, "127.0.0.1", 0, self._stop, started)
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # surfaced by start()
-            self._error = exc
-            self._ready.set()
-
-    def start(self) -> ServerThread:
-        self._thread.start()
-        if not self._ready.wait(30) or self._error:
-            raise RuntimeError(f"the web server did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop and self._stop:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(15)
-
-
-def get(base: str, path: str, method: str = "GET") -> tuple[int, Any, dict[str, str]]:
-    """(status, decoded JSON or text, headers) of one request."""
-    request = urllib.request.Request(base + path, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            status, body, headers = response.status, response.read(), dict(response.headers)
-    except urllib.error.HTTPError as exc:
-        status, body, headers = exc.code, exc.read(), dict(exc.headers)
-    text = body.decode()
-    if headers.get("Content-Type", "").startswith("application/json"):
-        return status, json.loads(text), headers
-    return status, text, headers
 
 
 @pytest.fixture(scope="module")
@@ -376,6 +315,96 @@ def test_wrong_method_is_json_405(server: ServerThread) -> None:
     assert status == 405 and body["error"]["code"] == "method_not_allowed"
 
 
+# Each case the hostile-client review found (issue 17), on every endpoint that takes a time: a 400 in the
+# error form naming the parameter and what it accepts, never a 500, a 502 or a silently different filter.
+BAD_TIMES = ("99999999999999999", "9" * 5000, "99999999999999999999d", "\u00b2", "\u0661\u0662", "\uff11h",
+             "-5", "1e3", "0x10", "2025-13-01", "1h 1h")  # fmt: skip
+TIME_PARAMS = {"/api/traces": ("since", "until"), "/api/rollups": ("since", "until"), "/api/alerts": ("since",),
+               "/api/services": ("since",)}  # fmt: skip
+
+
+def _bad(server: ServerThread, path: str, name: str) -> dict[str, Any]:
+    status, body, headers = get(server.url, path)
+    assert status == 400, (path[:120], status, body)
+    assert headers["Content-Type"].startswith("application/json")
+    assert body["error"]["status"] == 400 and body["error"]["code"] == "bad_parameter", body
+    assert body["error"]["message"].startswith(name), body
+    assert len(body["error"]["message"]) < 1000  # 5,000 nines are not echoed back
+    return body["error"]
+
+
+@pytest.mark.parametrize("endpoint", sorted(TIME_PARAMS))
+def test_bad_times_are_400_naming_the_parameter_and_range(server: ServerThread, endpoint: str) -> None:
+    for name in TIME_PARAMS[endpoint]:
+        for value in BAD_TIMES:
+            error = _bad(server, f"{endpoint}?{urllib.parse.urlencode({name: value})}", name)
+            assert "0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z" in error["message"]
+
+
+@pytest.mark.parametrize("value", ["1e308", "99999999999999999999", "9223372036855", "inf", "-inf", "nan", "1_0",
+                                   "\u00b2", "-1"])  # fmt: skip
+def test_min_duration_out_of_int64_nanoseconds_is_400(server: ServerThread, value: str) -> None:
+    error = _bad(server, f"/api/traces?{urllib.parse.urlencode({'min_duration_ms': value})}", "min_duration_ms")
+    assert "at most 9223372036854" in error["message"]
+
+
+def test_largest_min_duration_is_a_real_filter(api: Any) -> None:
+    assert api("/api/traces?min_duration_ms=9223372036854")["traces"] == []
+    assert api("/api/traces?min_cost=1e308")["traces"] == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/traces?limit=99999999999999999999",
+        "/api/traces?limit=\u0661",
+        "/api/traces?min_cost=inf",
+        "/api/traces?limit=5&limit=6",
+        "/api/traces?q=" + "x" * 1025,
+        "/api/traces/" + "0" * 32 + "?max_chars=1e30",
+        "/api/rollups?step_seconds=99999999999999999999",
+        "/api/rollups?max_groups=nan",
+        "/api/alerts?limit=1e308",
+    ],
+)
+def test_other_numbers_out_of_range_are_400(server: ServerThread, path: str) -> None:
+    name = path.split("?")[1].split("=")[0]
+    _bad(server, urllib.parse.quote(path, safe="/?=&"), name)
+
+
+def test_forged_cursors_are_400(server: ServerThread) -> None:
+    for text in (f"{10**30}:{'a' * 32}", f"\u0661:{'a' * 32}", f"{2**63}:{'a' * 32}"):
+        cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+        _bad(server, f"/api/traces?cursor={cursor}", "cursor")
+
+
+def test_times_past_what_the_tables_hold_are_clamped(data: WebDataset, api: Any) -> None:
+    """until=9999-12-31 (and since=0001-01-01) mean 'no bound': clamped to the column type's range, which
+    holds every stored row, so the answer is every trace, and says the range it used."""
+    everything = [r.trace_id for r in current_records(data)]
+    wide = api("/api/traces?limit=500&since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59Z")
+    assert [t["trace_id"] for t in wide["traces"]] == everything
+    assert (wide["since"], wide["until"]) == ("1900-01-01T00:00:00.000Z", "2262-04-11T23:47:16.854Z")
+    assert [t["trace_id"] for t in api("/api/traces?limit=500&until=9999-12-31T23:59:59Z")["traces"]] == everything
+    # rollups and services: DateTime and UInt32 seconds, 1970-01-01 to 2106-02-07
+    spans = [s for t in data.traces.values() for s in t]
+    for query in ("since=0001-01-01T00:00:00Z", "since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59Z",
+                  "since=1900-01-01T00:00:00Z&until=2200-01-01T00:00:00Z"):  # fmt: skip
+        rollups = api(f"/api/rollups?{query}&kind=*&max_groups=50")
+        assert rollups["since_s"] == 0 and 0 < rollups["until_s"] <= 2**32 - 1
+        assert sum(s["calls"] for s in rollups["series"]) == len(spans)
+    assert api("/api/rollups?since=0001-01-01T00:00:00Z&until=9999-12-31T23:59:59Z")["until"].startswith("2106-02-07")
+    services = api("/api/services?since=0001-01-01T00:00:00Z")
+    assert services["since"] == "1970-01-01T00:00:00.000Z"
+    assert {s["name"]: s["calls"] for s in services["services"]} == dict(Counter(s.service for s in spans))
+    alerts = api("/api/alerts?since=0001-01-01T00:00:00Z")
+    assert len(alerts["recent"]) == len(data.alerts)
+    assert api("/api/alerts?since=9999-12-31T23:59:59Z")["recent"] == []
+    # a range wholly beyond what the table holds is empty once clamped: a 400 that says so
+    api("/api/traces?since=2300-01-01T00:00:00Z&until=2400-01-01T00:00:00Z", expect=400)
+    api("/api/rollups?since=1800-01-01T00:00:00Z&until=1900-01-01T00:00:00Z", expect=400)
+
+
 def test_clickhouse_down_or_schema_missing_is_503(clickhouse_url: str) -> None:
     import socket
 
@@ -473,6 +502,33 @@ def test_openapi_is_valid_and_covers_every_route(server: ServerThread, data: Web
     assert spec == json.loads(json.dumps(build_openapi()))
     routes = {r.resource.canonical for r in create_app(data.settings).router.routes() if r.method == "GET"}
     assert {p for p in routes if p.startswith("/api/")} == set(spec["paths"])
+
+
+def test_openapi_gives_every_parameter_its_type_and_bounds_and_the_server_enforces_them(
+    server: ServerThread,
+) -> None:
+    """The parameters come from the Structs the server reads queries into: every one has a type and a
+    bound, and a value just past a documented bound is the 400 the document promises."""
+    spec = build_openapi()
+    seen = set()
+    for template, operations in spec["paths"].items():
+        base = template.replace("{trace_id}", "0" * 32).replace("{span_id}", "0" * 16)
+        for parameter in operations["get"].get("parameters", []):
+            schema, name = parameter["schema"], parameter["name"]
+            seen.add((template, name))
+            assert parameter["description"] and schema["type"] in ("string", "integer", "number"), parameter
+            if parameter["in"] == "path":
+                assert "pattern" in schema
+                continue
+            if schema["type"] == "string":
+                assert "maxLength" in schema or "enum" in schema, parameter
+                _bad(server, f"{base}?{name}={'x' * (schema.get('maxLength', 8) + 1)}", name)
+                continue
+            assert "minimum" in schema and "maximum" in schema, parameter
+            for value in (schema["minimum"] - 1, schema["maximum"] * 2 + 1):
+                _bad(server, f"{base}?{name}={value:.17g}", name)
+    assert ("/api/traces", "min_duration_ms") in seen and ("/api/rollups", "until") in seen
+    assert ("/api/alerts", "since") in seen and ("/api/services", "since") in seen
 
 
 def test_answers_match_their_openapi_schemas(server: ServerThread, data: WebDataset) -> None:

@@ -1,30 +1,42 @@
 """The JSON API's handlers: parse and check the parameters, run the named SQL, shape, encode.
 
-Each endpoint's parameters are declared here (`ENDPOINTS`), and the OpenAPI document is built from the
-same declarations (web/openapi.py).
+Each endpoint's query parameters are declared here once, as the fields of a `Query` Struct (type, range,
+default, description); web/params.py reads the query into it and web/openapi.py describes it, so the
+document and the server cannot disagree. Times are clamped to what the table's time type holds before
+they become SQL parameters, and every number is in its SQL parameter's range (Int64, UInt32).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
+import msgspec
 from aiohttp import web
+from msgspec import UNSET, Meta, UnsetType
 
 from tracehouse.sinks.queries import QUERIES
 from tracehouse.web import shape
 from tracehouse.web.models import Alerts, Rollups, Services, SpanOut, TraceList, encode
 from tracehouse.web.params import (
+    DATETIME,
+    DATETIME64_9,
+    INT64_MAX,
     NS,
+    TEXT,
+    TIME,
+    UINT32_MAX,
     ApiError,
-    Param,
+    TimeType,
     bad,
     decode_cursor,
     encode_cursor,
     iso,
-    parse,
+    parse_query,
+    parse_time,
     span_id_of,
     trace_id_of,
 )
@@ -39,51 +51,71 @@ TARGET_POINTS = 240
 MAX_POINTS = 5000
 
 
-def _time_params(default_since: str) -> tuple[Param, ...]:
-    return (
-        Param("since", "time", "start of the time range: a duration back from now (15m, 1h, 7d), an ISO-8601 "
-              "time or epoch milliseconds", default_since),
-        Param("until", "time", "end of the time range (same forms as since); default: now"),
+FLOAT_MAX = sys.float_info.max  # any finite Float64; inf and nan are refused
+MAX_DURATION_MS = INT64_MAX // 1_000_000  # min_duration_ms becomes an Int64 of nanoseconds
+
+
+class Query(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    """One endpoint's query parameters: each field's type, range, default and description, declared once
+    (params.parse_query reads the query into it; openapi.py describes it)."""
+
+    holds: ClassVar[TimeType | None] = None  # what the table's time column holds: times are clamped to it
+
+
+class TracesQuery(Query):
+    holds: ClassVar[TimeType | None] = DATETIME64_9
+    service: Annotated[str, TEXT, Meta(description="traces whose root service is this, or that have a span "
+                                       "of this service")] = ""  # fmt: skip
+    status: Annotated[Literal["OK", "ERROR", "UNSET"], Meta(description="the trace's status")] | UnsetType = UNSET
+    since: Annotated[str, TIME, Meta(description="start of the time range (inclusive)")] = "24h"
+    until: Annotated[str, TIME, Meta(description="end of the time range (exclusive); default: now")] | UnsetType = UNSET
+    min_duration_ms: Annotated[float, Meta(ge=0, le=MAX_DURATION_MS, description="only traces at least this "
+                                           "long, in milliseconds")] = 0.0  # fmt: skip
+    min_cost: Annotated[float, Meta(ge=0, le=FLOAT_MAX, description="only traces that cost at least this many "
+                                    "US dollars")] = 0.0  # fmt: skip
+    session_id: Annotated[str, TEXT, Meta(description="only this session's traces")] = ""
+    user_id: Annotated[str, TEXT, Meta(description="only this user's traces")] = ""
+    q: Annotated[str, TEXT, Meta(description="a trace-id prefix, or text in the root span's name")] = ""
+    limit: Annotated[int, Meta(ge=1, le=500, description="traces per page")] = 50
+    cursor: Annotated[str, TEXT, Meta(description="next_cursor from the previous page")] = ""
+
+
+class TraceQuery(Query):
+    max_chars: Annotated[int, Meta(ge=0, le=1_000_000, description="long texts (input, output, messages, "
+                                   "prompts) are cut to this many characters")] = 20_000  # fmt: skip
+
+
+class SpanQuery(Query):
+    max_chars: Annotated[int, Meta(ge=0, le=MAX_SPAN_CHARS, description="long texts are cut to this many "
+                                   "characters")] = MAX_SPAN_CHARS  # fmt: skip
+
+
+class RollupsQuery(Query):
+    holds: ClassVar[TimeType | None] = DATETIME
+    since: Annotated[str, TIME, Meta(description="start of the time range (inclusive)")] = "1h"
+    until: Annotated[str, TIME, Meta(description="end of the time range (exclusive); default: now")] | UnsetType = UNSET
+    step_seconds: Annotated[int, Meta(ge=60, le=7 * 86400, description="width of one time step (rounded down to "
+                            f"whole minutes); default: about {TARGET_POINTS} steps over the range")] | UnsetType = (
+        UNSET
     )  # fmt: skip
+    by: Annotated[Literal["model", "service", "kind", "name"], Meta(description="one series per model, service, "
+                  "kind or span name")] = "model"  # fmt: skip
+    kind: Annotated[str, TEXT, Meta(description="only this span kind; empty: LLM, RETRIEVER, EMBEDDING and "
+                                    "RERANKER; '*': every kind")] = ""  # fmt: skip
+    service: Annotated[str, TEXT, Meta(description="only this service")] = ""
+    model: Annotated[str, TEXT, Meta(description="only this model")] = ""
+    max_groups: Annotated[int, Meta(ge=1, le=50, description="at most this many series (the busiest)")] = 8
 
 
-TRACES_PARAMS = (
-    Param("service", "string", "traces whose root service is this, or that have a span of this service"),
-    Param("status", "enum", "the trace's status", choices=("OK", "ERROR", "UNSET")),
-    *_time_params("24h"),
-    Param("min_duration_ms", "number", "only traces at least this long", minimum=0),
-    Param("min_cost", "number", "only traces that cost at least this many US dollars", minimum=0),
-    Param("session_id", "string", "only this session's traces"),
-    Param("user_id", "string", "only this user's traces"),
-    Param("q", "string", "a trace-id prefix, or text in the root span's name"),
-    Param("limit", "integer", "traces per page", 50, minimum=1, maximum=500),
-    Param("cursor", "string", "next_cursor from the previous page"),
-)
-TRACE_PARAMS = (
-    Param("max_chars", "integer", "long texts (input, output, messages, prompts) are cut to this many characters",
-          20_000, minimum=0, maximum=1_000_000),
-)  # fmt: skip
-SPAN_PARAMS = (
-    Param("max_chars", "integer", "long texts are cut to this many characters", MAX_SPAN_CHARS, minimum=0,
-          maximum=MAX_SPAN_CHARS),
-)  # fmt: skip
-ROLLUP_PARAMS = (
-    *_time_params("1h"),
-    Param("step_seconds", "integer", "width of one time step (rounded to whole minutes); default: about "
-          f"{TARGET_POINTS} steps over the range", minimum=60, maximum=7 * 86400),
-    Param("by", "enum", "one series per model, service, kind or span name", "model",
-          choices=("model", "service", "kind", "name")),
-    Param("kind", "string", "only this span kind; empty: LLM, RETRIEVER, EMBEDDING and RERANKER; '*': every kind",
-          ""),
-    Param("service", "string", "only this service"),
-    Param("model", "string", "only this model"),
-    Param("max_groups", "integer", "at most this many series (the busiest)", 8, minimum=1, maximum=50),
-)  # fmt: skip
-ALERT_PARAMS = (
-    Param("since", "time", "recent alert state changes from this time on", "24h"),
-    Param("limit", "integer", "at most this many recent changes", 100, minimum=1, maximum=1000),
-)
-SERVICE_PARAMS = (Param("since", "time", "services, models and kinds seen since this time", "7d"),)
+class AlertsQuery(Query):
+    since: Annotated[str, TIME, Meta(description="recent alert state changes from this time on (at most "
+                                     "136 years back: the query takes UInt32 seconds)")] = "24h"  # fmt: skip
+    limit: Annotated[int, Meta(ge=1, le=1000, description="at most this many recent changes")] = 100
+
+
+class ServicesQuery(Query):
+    holds: ClassVar[TimeType | None] = DATETIME
+    since: Annotated[str, TIME, Meta(description="services, models and kinds seen since this time")] = "7d"
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -95,32 +127,37 @@ def _reader(request: web.Request) -> Reader:
     return request.app[READER]
 
 
-def _range(values: dict[str, Any], now_ns: int) -> tuple[int, int]:
-    since, until = values["since"], values["until"] or now_ns
+def _range(query: TracesQuery | RollupsQuery, now_ns: int) -> tuple[int, int]:
+    """[since, until) in nanoseconds, clamped to what the table's time type holds (exact: nothing is
+    stored outside it)."""
+    held = query.holds
+    assert held is not None
+    since = held.clamp(parse_time("since", query.since, now_ns))
+    until = held.clamp(now_ns if query.until is UNSET else parse_time("until", query.until, now_ns))
     if since >= until:
-        raise bad(f"since ({iso(since)}) must be before until ({iso(until)})")
+        raise bad(f"since ({iso(since)}) must be before until ({iso(until)}) within what {held.name} holds")
     return since, until
 
 
 async def list_traces(request: web.Request) -> web.Response:
     """GET /api/traces: one page of traces, newest first, with the filters of the traces list."""
     now = time.time_ns()
-    v = parse(request.query, TRACES_PARAMS, now)
+    v = parse_query(TracesQuery, request.query)
     since, until = _range(v, now)
-    cursor_ns, cursor_id = decode_cursor(v["cursor"]) if v["cursor"] else (0, "")
-    limit = int(v["limit"])
+    cursor_ns, cursor_id = decode_cursor(v.cursor) if v.cursor else (0, "")
+    limit = v.limit
     rows = await _reader(request).rows(
         WEB_QUERIES["web-traces"],
         {
             "from_ns": since,
             "until_ns": until,
-            "service": v["service"],
-            "status": v["status"],
-            "min_duration_ns": int((v["min_duration_ms"] or 0) * 1e6),
-            "min_cost": v["min_cost"] or 0.0,
-            "session_id": v["session_id"],
-            "user_id": v["user_id"],
-            "q": v["q"],
+            "service": v.service,
+            "status": v.status or "",
+            "min_duration_ns": min(round(v.min_duration_ms * 1_000_000), INT64_MAX),
+            "min_cost": v.min_cost,
+            "session_id": v.session_id,
+            "user_id": v.user_id,
+            "q": v.q,
             "cursor_ns": cursor_ns,
             "cursor_id": cursor_id,
             "limit": limit + 1,  # one more than asked: is there a next page?
@@ -137,8 +174,7 @@ async def list_traces(request: web.Request) -> web.Response:
 async def get_trace(request: web.Request) -> web.Response:
     """GET /api/traces/{trace_id}: every span, in tree order, with all its details, in one answer."""
     trace_id = trace_id_of(request.match_info["trace_id"])
-    v = parse(request.query, TRACE_PARAMS)
-    max_chars = int(v["max_chars"])
+    max_chars = parse_query(TraceQuery, request.query).max_chars
     rows = await _reader(request).rows(
         WEB_QUERIES["web-trace-spans"],
         {"trace_id": trace_id, "max_chars": max_chars, "max_doc_chars": min(max_chars, 4000),
@@ -161,8 +197,7 @@ async def get_span(request: web.Request) -> web.Response:
     """GET /api/traces/{trace_id}/spans/{span_id}: one span with its long texts whole (up to max_chars)."""
     trace_id = trace_id_of(request.match_info["trace_id"])
     span_id = span_id_of(request.match_info["span_id"])
-    v = parse(request.query, SPAN_PARAMS)
-    max_chars = int(v["max_chars"])
+    max_chars = parse_query(SpanQuery, request.query).max_chars
     reader = _reader(request)
     rows = await reader.rows(
         WEB_QUERIES["web-trace-spans"],
@@ -193,49 +228,57 @@ def pick_step(span_s: int, asked: int | None) -> int:
 async def rollups(request: web.Request) -> web.Response:
     """GET /api/rollups: latency percentiles, calls, errors, tokens and cost over time, per group."""
     now = time.time_ns()
-    v = parse(request.query, ROLLUP_PARAMS, now)
-    since, until = _range(v, now)
-    since_s, until_s = since // NS, -(-until // NS)
-    step = pick_step(until_s - since_s, v["step_seconds"])
+    v = parse_query(RollupsQuery, request.query)
+    since, until = _range(v, now)  # minutes are DateTime, the query takes UInt32 seconds
+    since_s, until_s = since // NS, min(-(-until // NS), UINT32_MAX)
+    step = pick_step(until_s - since_s, v.step_seconds or None)
     since_s = since_s // step * step
-    until_s = -(-until_s // step) * step
-    kind = v["kind"].upper() if v["kind"] != "*" else "*"
+    until_s = min(-(-until_s // step) * step, UINT32_MAX)
+    kind = v.kind.upper() if v.kind != "*" else "*"
     rows = await _reader(request).rows(
         WEB_QUERIES["web-rollups"],
-        {"from_s": since_s, "until_s": until_s, "step_seconds": step, "by": v["by"], "kind": kind,
-         "service": v["service"], "model": v["model"]},
+        {"from_s": since_s, "until_s": until_s, "step_seconds": step, "by": v.by, "kind": kind,
+         "service": v.service, "model": v.model},
     )  # fmt: skip
-    series, omitted = shape.rollup_series(rows, int(v["max_groups"]))
+    series, omitted = shape.rollup_series(rows, v.max_groups)
     return json_response(
-        Rollups(iso(since_s * NS), iso(until_s * NS), since_s, until_s, step, v["by"], kind, omitted, series)
+        Rollups(iso(since_s * NS), iso(until_s * NS), since_s, until_s, step, v.by, kind, omitted, series)
     )
 
 
 async def alerts(request: web.Request) -> web.Response:
     """GET /api/alerts: what fires now (however long ago it fired), and recent state changes."""
     now = time.time_ns()
-    v = parse(request.query, ALERT_PARAMS, now)
-    since_seconds = max((now - v["since"]) // NS, 0)
+    v = parse_query(AlertsQuery, request.query)
+    # alerts.sql takes the range as UInt32 seconds back from now: a time in the future is 0 seconds, one
+    # more than 136 years back is the most UInt32 holds (before any fired_at a DateTime64(3) can hold).
+    since_seconds = min(max((now - parse_time("since", v.since, now)) // NS, 0), UINT32_MAX)
     reader = _reader(request)
     firing, recent = await asyncio.gather(
         reader.rows(QUERIES["alerts-firing"], {"limit": 1000}),
-        reader.rows(QUERIES["alerts"], {"since_seconds": since_seconds, "limit": int(v["limit"])}),
+        reader.rows(QUERIES["alerts"], {"since_seconds": since_seconds, "limit": v.limit}),
     )
     return json_response(
-        Alerts([shape.firing_alert(r) for r in firing], [shape.alert_change(r) for r in recent], iso(v["since"]))
+        Alerts(
+            [shape.firing_alert(r) for r in firing],
+            [shape.alert_change(r) for r in recent],
+            iso(now - since_seconds * NS),
+        )
     )
 
 
 async def services(request: web.Request) -> web.Response:
     """GET /api/services: what the filter dropdowns offer."""
-    v = parse(request.query, SERVICE_PARAMS)
-    rows = await _reader(request).rows(WEB_QUERIES["web-services"], {"from_s": v["since"] // NS})
+    since = ServicesQuery.holds.clamp(
+        parse_time("since", parse_query(ServicesQuery, request.query).since, time.time_ns())
+    )
+    rows = await _reader(request).rows(WEB_QUERIES["web-services"], {"from_s": since // NS})
     return json_response(
         Services(
             shape.named_counts(rows, "service"),
             shape.named_counts(rows, "model"),
             shape.named_counts(rows, "kind"),
-            iso(v["since"]),
+            iso(since),
         )
     )
 
@@ -244,25 +287,25 @@ async def services(request: web.Request) -> web.Response:
 class Endpoint:
     path: str
     handler: Any
-    params: tuple[Param, ...]
+    query: type[Query]
     summary: str
     response: str  # the models.py Struct the 200 answer is
     operation_id: str
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("/api/traces", list_traces, TRACES_PARAMS, "List traces, newest first, with filters", "TraceList",
+    Endpoint("/api/traces", list_traces, TracesQuery, "List traces, newest first, with filters", "TraceList",
              "listTraces"),
-    Endpoint("/api/traces/{trace_id}", get_trace, TRACE_PARAMS,
+    Endpoint("/api/traces/{trace_id}", get_trace, TraceQuery,
              "One trace: every span in tree order with input/output, LLM parameters and messages, prompt "
              "template and variables, documents, exceptions, scores and attributes", "TraceDetail", "getTrace"),
-    Endpoint("/api/traces/{trace_id}/spans/{span_id}", get_span, SPAN_PARAMS,
+    Endpoint("/api/traces/{trace_id}/spans/{span_id}", get_span, SpanQuery,
              "One span with its long texts whole", "SpanOut", "getSpan"),
-    Endpoint("/api/rollups", rollups, ROLLUP_PARAMS,
+    Endpoint("/api/rollups", rollups, RollupsQuery,
              "Latency p50/p95/p99, calls, errors, tokens and cost over time, by model, service, kind or name",
              "Rollups", "getRollups"),
-    Endpoint("/api/alerts", alerts, ALERT_PARAMS, "Alerts firing now and recent alert state changes", "Alerts",
+    Endpoint("/api/alerts", alerts, AlertsQuery, "Alerts firing now and recent alert state changes", "Alerts",
              "getAlerts"),
-    Endpoint("/api/services", services, SERVICE_PARAMS, "Services, models and kinds, for filters", "Services",
+    Endpoint("/api/services", services, ServicesQuery, "Services, models and kinds, for filters", "Services",
              "getServices"),
 )  # fmt: skip

@@ -8,6 +8,18 @@ Errors are answers, not stack traces: a bad parameter is a 400 and an unknown tr
 `{"error": {"status", "code", "message"}}`; ClickHouse trouble is a 503 (unreachable, schema missing)
 or 502 (it answered with an error), reduced to its first line; anything unexpected is a 500 whose
 details go to the server's log only.
+
+Slow or stuck clients (`Limits`): aiohttp serves each connection as its own task, so a slow one cannot
+block another, but by default it waits an hour for a request's head and forever for a body. Here a
+connection has `header_s` to send a complete request head (and is closed after as long idle between
+requests); a body has a deadline proportional to its declared size with a floor (408 when it is
+missed) and a size cap (413), and after such an early answer the rest of the body is drained for at most
+`linger_s` (so the client sees the answer, not a reset) before the connection is closed.
+
+Cross-site writes (`writes_guard`): the API reads only today, but any request with a body (POST, PUT,
+PATCH, DELETE) is refused with 403 when it carries an `Origin` other than the server's own host, or an
+`Origin` with a content type a web page may send without a CORS preflight (text/plain, form, multipart).
+Browsers always send `Origin` on such requests; scripts and API clients send none and are not affected.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -43,6 +56,31 @@ CSP = (
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What a web page may POST cross-site without a CORS preflight ("simple requests").
+SIMPLE_CONTENT_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+CLOSE_AFTER = frozenset({408, 413})  # the rest of the body is not worth waiting for
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long and how much the server waits for one client."""
+
+    header_s: float = 15.0  # from connect (or the last answer) to a complete request head; aiohttp: an hour
+    body_floor_s: float = 10.0  # the least time any body gets
+    body_bytes_per_s: float = 64 * 1024  # the slowest upload rate accepted, beyond the floor
+    max_body_bytes: int = 1024 * 1024
+    linger_s: float = 2.0  # after an early answer (408, 413, 405), the rest of a body is drained this long
+
+    def body_deadline_s(self, declared_bytes: int | None) -> float:
+        """Proportional to the declared size (the cap when it is not declared), with a floor."""
+        size = self.max_body_bytes if declared_bytes is None else min(declared_bytes, self.max_body_bytes)
+        return self.body_floor_s + size / self.body_bytes_per_s
+
+
+LIMITS = Limits()
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -69,18 +107,21 @@ def _clickhouse_error(exc: ClickHouseError, settings: Settings) -> web.Response:
     return error_response(502, "clickhouse_error", f"{where}: {_first_line(exc)}")
 
 
-def errors_middleware(settings: Settings) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def errors_middleware(settings: Settings) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         api = request.path.startswith("/api/")
         try:
             return await handler(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            response = error_response(exc.status, exc.code, exc.message)
+            if exc.status in CLOSE_AFTER:
+                response.force_close()
+            return response
         except web.HTTPException as exc:
             if not api or exc.status < 400:
                 raise
-            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status, "http_error")
             message = f"no API endpoint {request.path} (see /api/openapi.json)" if exc.status == 404 else exc.reason
             return error_response(exc.status, code, message)
         except ClickHouseError as exc:
@@ -99,6 +140,57 @@ def errors_middleware(settings: Settings) -> Callable[[web.Request, Handler], Aw
     return middleware
 
 
+def _same_host(origin: str, host: str) -> bool:
+    """Whether a browser's `Origin` (scheme://host[:port], no default port) names the `Host` asked."""
+    scheme, _, authority = origin.partition("://")
+    return scheme in ("http", "https") and authority.lower() == host.lower()
+
+
+def refuse_cross_site(request: web.Request) -> None:
+    """403 for a request with a body that a web page on another site could have made a browser send."""
+    origin = request.headers.get("Origin")
+    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        raise ApiError(403, "cross_site_refused", "a request from another site's page is refused")
+    if origin is None:
+        return  # not a browser (curl, SDKs and scripts send no Origin)
+    if not _same_host(origin, request.host):
+        raise ApiError(403, "cross_site_refused", f"a request from origin {origin[:200]!r} is refused: only "
+                       f"pages served by this server ({request.host[:200]}) may send one")  # fmt: skip
+    if request.content_type in SIMPLE_CONTENT_TYPES:
+        raise ApiError(403, "cross_site_refused", f"a browser request with a {request.content_type} body is "
+                       "refused (send application/json)")  # fmt: skip
+
+
+async def read_body(request: web.Request, limits: Limits) -> None:
+    """Read the whole body within its deadline (then `request.read()`/`json()` answer from memory)."""
+    declared = request.content_length
+    if declared is not None and declared > limits.max_body_bytes:
+        raise ApiError(413, "payload_too_large", f"the body may be at most {limits.max_body_bytes} bytes")
+    deadline = limits.body_deadline_s(declared)
+    try:
+        async with asyncio.timeout(deadline):
+            await request.read()
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", f"the request body did not arrive within {deadline:.0f} s") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "payload_too_large", f"the body may be at most {limits.max_body_bytes} bytes") from None
+
+
+def writes_guard(limits: Limits) -> Middleware:
+    """Requests with a body: refused when cross-site, read within a deadline and a size cap before any
+    handler sees them. (No route takes one yet; writes such as scores will sit behind this.)"""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in UNSAFE_METHODS:
+            refuse_cross_site(request)
+            if request.match_info.http_exception is None and request.body_exists:
+                await read_body(request, limits)
+        return await handler(request)
+
+    return middleware
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -113,9 +205,11 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, limits: Limits = LIMITS) -> web.Application:
     """The application: /api/... (JSON), /api/openapi.json, / (the UI) and /static/... (its files)."""
-    app = web.Application(middlewares=[errors_middleware(settings)])
+    app = web.Application(
+        middlewares=[errors_middleware(settings), writes_guard(limits)], client_max_size=limits.max_body_bytes
+    )
     app[READER] = Reader(settings)
     openapi = msgspec.json.encode(build_openapi())
 
@@ -142,10 +236,18 @@ async def serve(
     port: int,
     stop: asyncio.Event,
     started: Callable[[int], None] | None = None,
+    *,
+    limits: Limits = LIMITS,
+    app: web.Application | None = None,
 ) -> None:
     """Serve until `stop` is set; prints the address (the real port, when port 0 asked for a free one)
-    and hands the port to `started`."""
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    and hands the port to `started`. `app` (tests): an application from `create_app`, with routes added."""
+    runner = web.AppRunner(
+        app or create_app(settings, limits),
+        access_log=None,
+        keepalive_timeout=limits.header_s,
+        lingering_time=limits.linger_s,
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

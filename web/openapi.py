@@ -1,8 +1,10 @@
 """The OpenAPI 3.1 description of the JSON API, built from what the server really uses.
 
 Schemas come from the response Structs (web/models.py) through `msgspec.json.schema_components`, whose
-JSON Schema 2020-12 output is what OpenAPI 3.1 speaks; parameters come from each endpoint's `Param`
-declarations (web/api.py). A field or parameter added to the server therefore appears here by itself.
+JSON Schema 2020-12 output is what OpenAPI 3.1 speaks; query parameters come the same way from each
+endpoint's `Query` Struct (web/api.py), the one the server reads the query into: every parameter with
+its type, bounds (minimum/maximum, maxLength, enum) and default. A field or parameter added to the server
+therefore appears here by itself, and cannot be described with a range the server does not enforce.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from typing import Any
 
 import msgspec
 
-from tracehouse.web.api import ENDPOINTS
+from tracehouse.web.api import ENDPOINTS, Query
 from tracehouse.web.models import RESPONSE_TYPES
+from tracehouse.web.params import TIME_RULES, rules
 
 REF = "#/components/schemas/{name}"
 
 _ERRORS = {
-    "400": "a parameter is unknown or has a bad value",
+    "400": "a parameter is unknown, given twice, or has a value of the wrong type or out of its range",
     "404": "no such trace or span",
     "500": "an unexpected server error (details are in the server's log, never in the answer)",
     "502": "ClickHouse answered with an error",
@@ -36,15 +39,32 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
     return found
 
 
+def query_parameters(query: type[Query]) -> list[dict[str, Any]]:
+    """The Struct's fields as OpenAPI query parameters, each with the JSON Schema msgspec gives it."""
+    _, components = msgspec.json.schema_components([query], ref_template=REF)
+    properties = components[query.__name__]["properties"]
+    found = []
+    for name, rule in rules(query).items():
+        schema = dict(properties[name])
+        description = schema.pop("description", "")
+        if rule.kind == "enum":
+            schema = {"type": "string", **schema}
+        if rule.kind == "time":
+            description = f"{description}. {TIME_RULES}"
+            if query.holds is not None:
+                description += (f" A time outside {query.holds.describe()} is clamped to it (no row lies outside "
+                                "it); the answer's since/until show the range used.")  # fmt: skip
+        found.append({"name": name, "in": "query", "required": False, "description": description,
+                      "schema": schema})  # fmt: skip
+    return found
+
+
 def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
     _, components = msgspec.json.schema_components(RESPONSE_TYPES, ref_template=REF)
     error_ref = {"$ref": REF.format(name="ApiErrorBody")}
     paths: dict[str, Any] = {}
     for endpoint in ENDPOINTS:
-        parameters = _path_parameters(endpoint.path) + [
-            {"name": p.name, "in": "query", "required": False, "description": p.description, "schema": p.schema()}
-            for p in endpoint.params
-        ]
+        parameters = _path_parameters(endpoint.path) + query_parameters(endpoint.query)
         responses: dict[str, Any] = {
             "200": {
                 "description": endpoint.summary,

@@ -1,12 +1,18 @@
-"""Query-string parameters: declared once per endpoint, checked strictly, described in the OpenAPI document.
+"""Query-string parameters: declared once per endpoint as a msgspec Struct, checked strictly, described in
+the OpenAPI document from the same Struct.
 
-Each endpoint lists its `Param`s; `parse` turns a query string into typed values or raises `ApiError`
-(400) naming the parameter and what it accepts, so a typo (`servce=...`) is an answer, not a silently
-ignored filter. The same declarations produce the OpenAPI `parameters`, so the document cannot describe
-a parameter the server does not take.
+Each endpoint's parameters are the fields of one Struct (web/api.py): its type, range (`Meta(ge=, le=,
+max_length=)`), default and description. `parse_query` converts the query's strings into that Struct
+with msgspec, or raises `ApiError` (400) naming the parameter and what it accepts, so a typo
+(`servce=...`), a value out of range or a number that is not finite is an answer, never a 500 and never a
+silently different filter. web/openapi.py turns the same Structs into the document's `parameters`.
 
 Times (`since`, `until`): a duration back from now (`15m`, `1h`, `7d`), an ISO-8601 time (UTC when it has
-no offset), or epoch milliseconds.
+no offset) or epoch milliseconds; ASCII only, at most `MAX_TIME_CHARS` characters, and between
+0001-01-01 and 9999-12-31 UTC (ISO 8601's years), else 400. A time the endpoint's table cannot hold
+(`TimeType`: traces before 1900 or after 2262-04-11; rollups and services before 1970 or after
+2106-02-07) is clamped to that type's range, which cannot change the answer (no stored row lies outside
+it), and the answer's `since`/`until` show the range used.
 """
 
 from __future__ import annotations
@@ -14,17 +20,31 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import re
-import time
-from collections.abc import Mapping, Sequence
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
-_DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
+import msgspec
+from msgspec import Meta, UnsetType
+
 NS = 1_000_000_000
+INT64_MAX = 2**63 - 1
+UINT32_MAX = 2**32 - 1
+MAX_TEXT_CHARS = 1024
+MAX_TIME_CHARS = 64
+
+_DURATION = re.compile(r"([0-9]+) ?([smhdw])")
+_EPOCH_MS = re.compile(r"[0-9]+")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+TRACE_ID = re.compile(r"[0-9a-f]{32}")
+SPAN_ID = re.compile(r"[0-9a-f]{16}")
+
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class ApiError(Exception):
@@ -41,99 +61,186 @@ def bad(message: str) -> ApiError:
     return ApiError(400, "bad_parameter", message)
 
 
+def _shown(raw: str) -> str:
+    """A client's value quoted in a message, cut so that 5,000 nines do not come back as 5,000 nines."""
+    return repr(raw if len(raw) <= 80 else raw[:77] + "...")
+
+
+# ---- times ----------------------------------------------------------------------------------------
+
+
+def _ns(moment: dt.datetime) -> int:
+    """An aware datetime as integer nanoseconds since the epoch, exactly (no float on the way)."""
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+MIN_TIME_NS = _ns(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
+MAX_TIME_NS = _ns(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)) + 999
+
+
 @dataclass(frozen=True)
-class Param:
+class TimeType:
+    """The instants a ClickHouse time type holds, in nanoseconds since the epoch."""
+
     name: str
-    type: str  # "string", "integer", "number", "time", "enum"
-    description: str
-    default: Any = None
-    choices: tuple[str, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
+    min_ns: int
+    max_ns: int
 
-    def schema(self) -> dict[str, Any]:
-        """The parameter's JSON Schema for the OpenAPI document."""
-        if self.type == "enum":
-            schema: dict[str, Any] = {"type": "string", "enum": list(self.choices)}
-        elif self.type == "time":
-            schema = {"type": "string", "examples": ["1h", "2025-01-31T12:00:00Z", "1738324800000"]}
-        else:
-            schema = {"type": self.type}
-        if self.minimum is not None:
-            schema["minimum"] = self.minimum
-        if self.maximum is not None:
-            schema["maximum"] = self.maximum
-        if self.default is not None:
-            schema["default"] = self.default
-        return schema
+    def clamp(self, ns: int) -> int:
+        return min(max(ns, self.min_ns), self.max_ns)
 
-    def convert(self, raw: str, now_ns: int) -> Any:
-        text = raw.strip()
-        if self.type == "string":
-            if len(text) > 1024:
-                raise bad(f"{self.name} is longer than 1024 characters")
-            return text
-        if self.type == "enum":
-            if text not in self.choices:
-                raise bad(f"{self.name} must be one of {', '.join(self.choices)}; got {raw!r}")
-            return text
-        if self.type == "time":
-            return parse_time(self.name, text, now_ns)
-        try:
-            value: float = int(text) if self.type == "integer" else float(text)
-        except ValueError:
-            raise bad(f"{self.name} must be {'an integer' if self.type == 'integer' else 'a number'}; "
-                      f"got {raw!r}") from None  # fmt: skip
-        if value != value or value in (float("inf"), float("-inf")):
-            raise bad(f"{self.name} must be a finite number")
-        if self.minimum is not None and value < self.minimum:
-            raise bad(f"{self.name} must be at least {self.minimum:g}; got {raw!r}")
-        if self.maximum is not None and value > self.maximum:
-            raise bad(f"{self.name} must be at most {self.maximum:g}; got {raw!r}")
-        return value
+    def describe(self) -> str:
+        return f"{iso(self.min_ns)} to {iso(self.max_ns)} (ClickHouse {self.name})"
+
+
+# DateTime64(9) (traces.start_time, spans.start_time): 1900-01-01 to the largest Int64 nanosecond.
+DATETIME64_9 = TimeType("DateTime64(9)", _ns(dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)), INT64_MAX)
+# DateTime (spans_minutely.minute) and the UInt32 seconds the rollup and services queries take.
+DATETIME = TimeType("DateTime", 0, UINT32_MAX * NS)
+
+TIME_FORMS = (
+    "a duration back from now (15m, 1h, 7d), an ISO-8601 time (UTC unless it has an offset) or epoch milliseconds"
+)
+TIME_RANGE = "between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
 
 
 def parse_time(name: str, text: str, now_ns: int) -> int:
-    """A time parameter as nanoseconds since the epoch."""
-    match = _DURATION.match(text.lower())
-    if match:
-        return now_ns - int(match.group(1)) * _UNITS[match.group(2)] * NS
-    if text.isdigit():
-        return int(text) * 1_000_000
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise bad(
-            f"{name} must be a duration back from now (15m, 1h, 7d), an ISO-8601 time or epoch milliseconds; "
-            f"got {text!r}"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return int(moment.timestamp()) * NS + moment.microsecond * 1000
-
-
-def parse(query: Mapping[str, str], params: Sequence[Param], now_ns: int | None = None) -> dict[str, Any]:
-    """Typed values for every declared parameter (its default when absent); unknown names are a 400."""
-    now_ns = time.time_ns() if now_ns is None else now_ns
-    known = {p.name: p for p in params}
-    unknown = sorted(set(query) - set(known))
-    if unknown:
-        raise bad(f"unknown parameter {unknown[0]!r}; this endpoint takes: {', '.join(known) or 'none'}")
-    values: dict[str, Any] = {}
-    for param in params:
-        raw = query.get(param.name)
-        if raw is None or raw.strip() == "":
-            default = param.default
-            values[param.name] = param.convert(default, now_ns) if param.type == "time" and default else default
+    """A time parameter as nanoseconds since the epoch (Python's unbounded int: nothing wraps)."""
+    text = text.strip()
+    lowered = text.lower()
+    if len(text) > MAX_TIME_CHARS or not text.isascii():
+        ns = None  # `isdigit()` and `int()` take '²' and Arabic-Indic digits: only ASCII goes further
+    elif match := _DURATION.fullmatch(lowered):
+        ns = now_ns - int(match.group(1)) * _UNITS[match.group(2)] * NS
+    elif _EPOCH_MS.fullmatch(text):
+        ns = int(text) * 1_000_000
+    else:
+        try:
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            ns = None
         else:
-            values[param.name] = param.convert(raw, now_ns)
-    return values
+            ns = _ns(moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc))
+    if ns is None or not MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        raise bad(f"{name} must be {TIME_FORMS}, {TIME_RANGE}; got {_shown(text)}")
+    return ns
 
 
 def iso(ns: int) -> str:
     """Nanoseconds since the epoch as ISO-8601 UTC with milliseconds and a Z."""
-    moment = dt.datetime.fromtimestamp(ns // NS, tz=dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % NS // 1_000_000:03d}Z"
+    moment = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=ns // NS)  # naive UTC: isoformat adds no offset
+    return moment.isoformat(timespec="seconds") + f".{ns % NS // 1_000_000:03d}Z"
+
+
+# ---- declaring parameters ----------------------------------------------------------------------------
+
+
+# Shared field metadata; each field adds its own `Meta(description=...)` beside these.
+TEXT = Meta(max_length=MAX_TEXT_CHARS)
+TIME = Meta(
+    max_length=MAX_TIME_CHARS,
+    examples=["1h", "2025-01-31T12:00:00Z", "1738324800000"],
+    extra={"time": True},  # `parse_time` reads it (with the parameter's name in any error); openapi.py says so
+)
+TIME_RULES = f"{TIME_FORMS[0].upper()}{TIME_FORMS[1:]}; ASCII digits only, {TIME_RANGE}."
+
+
+def is_time(meta: Meta) -> bool:
+    return bool((meta.extra or {}).get("time"))
+
+
+# ---- reading a query into its Struct --------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e18 else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """What one field accepts, for messages: read from the Struct's own annotations."""
+
+    kind: str  # "integer", "number", "text", "time", "enum"
+    minimum: float | None = None
+    maximum: float | None = None
+    max_length: int | None = None
+    choices: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "enum":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "time":
+            return f"{TIME_FORMS}, {TIME_RANGE}"
+        if self.kind == "text":
+            return f"text of at most {self.max_length} characters"
+        what = "an integer" if self.kind == "integer" else "a finite number"
+        bounds = [f"at least {_number(self.minimum)}" if self.minimum is not None else "",
+                  f"at most {_number(self.maximum)}" if self.maximum is not None else ""]  # fmt: skip
+        return ", ".join([what, " and ".join(b for b in bounds if b)]).rstrip(", ")
+
+
+def _rule(hint: Any) -> _Rule:
+    metas: list[Meta] = []
+    while True:
+        origin = typing.get_origin(hint)
+        if origin is Annotated:
+            hint, *extra = typing.get_args(hint)
+            metas += [m for m in extra if isinstance(m, Meta)]
+        elif origin in (typing.Union, types.UnionType):
+            hint = next(a for a in typing.get_args(hint) if a not in (UnsetType, type(None)))
+        else:
+            break
+
+    def first(attribute: str) -> Any:
+        return next((getattr(m, attribute) for m in metas if getattr(m, attribute) is not None), None)
+
+    if typing.get_origin(hint) is Literal:
+        return _Rule("enum", choices=tuple(str(c) for c in typing.get_args(hint)))
+    if any(map(is_time, metas)):
+        return _Rule("time")
+    if hint is str:
+        return _Rule("text", max_length=first("max_length"))
+    return _Rule("integer" if hint is int else "number", minimum=first("ge"), maximum=first("le"))
+
+
+@functools.cache
+def rules(cls: type[msgspec.Struct]) -> dict[str, _Rule]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {name: _rule(hints[name]) for name in cls.__struct_fields__}
+
+
+_AT_FIELD = re.compile(r"at `\$\.(\w+)`")
+
+
+def parse_query(cls: type[S], query: Mapping[str, str] | Any) -> S:
+    """The query as the endpoint's Struct; an empty value counts as absent (its default).
+
+    Unknown names, a name given twice, and any value of the wrong type or out of range are a 400 that
+    names the parameter and says what it accepts.
+    """
+    known = rules(cls)
+    values: dict[str, str] = {}
+    for name in query:
+        if name not in known:
+            raise bad(f"unknown parameter {_shown(name)}; this endpoint takes: {', '.join(known) or 'none'}")
+        raws = query.getall(name) if hasattr(query, "getall") else [query[name]]
+        if len(raws) > 1:
+            raise bad(f"{name} is given {len(raws)} times; give it once")
+        if raws[0].strip():
+            values[name] = raws[0].strip()
+    try:
+        return msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        match = _AT_FIELD.search(str(exc))
+        if match is None or match.group(1) not in known:  # not expected: say what msgspec said
+            raise bad(str(exc)) from None
+        name = match.group(1)
+        raise bad(f"{name} must be {known[name].describe()}; got {_shown(values[name])}") from None
+
+
+# ---- cursors and ids --------------------------------------------------------------------------------
+
+_CURSOR = re.compile(r"(-?[0-9]{1,19}):([0-9a-f]{32})")
 
 
 def encode_cursor(start_ns: int, trace_id: str) -> str:
@@ -143,24 +250,23 @@ def encode_cursor(start_ns: int, trace_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[int, str]:
     """The keyset (start_ns, trace_id) of the last row of the previous page."""
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        start, _, trace_id = text.partition(":")
-        if TRACE_ID.match(trace_id) and start.isdigit():
-            return int(start), trace_id
+        match = _CURSOR.fullmatch(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        pass
+        match = None
+    if match and DATETIME64_9.min_ns <= int(match.group(1)) <= DATETIME64_9.max_ns:
+        return int(match.group(1)), match.group(2)
     raise bad("cursor is not one this server returned (use next_cursor from the previous page)")
 
 
 def trace_id_of(text: str) -> str:
     trace_id = text.strip().lower()
-    if not TRACE_ID.match(trace_id):
-        raise bad(f"trace id must be 32 hex digits; got {text[:80]!r}")
+    if not TRACE_ID.fullmatch(trace_id):
+        raise bad(f"trace id must be 32 hex digits; got {_shown(text)}")
     return trace_id
 
 
 def span_id_of(text: str) -> str:
     span_id = text.strip().lower()
-    if not SPAN_ID.match(span_id):
-        raise bad(f"span id must be 16 hex digits; got {text[:80]!r}")
+    if not SPAN_ID.fullmatch(span_id):
+        raise bad(f"span id must be 16 hex digits; got {_shown(text)}")
     return span_id

@@ -36,7 +36,6 @@ from tracehouse.web.params import iso
 Row = dict[str, Any]
 
 
-
 def _usage(row: dict[str, Any]) -> dict[str, Any]:
     """The token counts and cost every row shape (trace, span, chart point) carries under the same names."""
     return {
@@ -47,6 +46,7 @@ def _usage(row: dict[str, Any]) -> dict[str, Any]:
         "total_tokens": int(row["total_tokens"]),
         "cost_usd": float(row["cost_usd"]),
     }
+
 
 def finite(value: Any) -> float | None:
     if value is None:
