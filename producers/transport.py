@@ -12,6 +12,12 @@ block or grow without bound inside the application it observes.
 The background thread must not die either, or tracing would silently stop while `submit` keeps filling
 the queue: a span that cannot be encoded or is too big for a message is shrunk or counted as failed on
 its own, a message the broker refuses as too large is split, and any unexpected error restarts the loop.
+
+What a crash of the application can lose: exactly what this queue held (`pending`: spans submitted and
+not yet acknowledged by Kafka). A clean exit flushes it (`shutdown()` runs at interpreter exit); a
+SIGKILL or a hard crash does not. `flush(timeout)` returns once everything submitted before it is
+acknowledged, so calling it at the end of a request or a job bounds the loss to what came after. The
+receiver does not use this path: it answers 200 only once Kafka holds the spans (`acked_sender`).
 """
 
 from __future__ import annotations
@@ -31,16 +37,12 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from tracehouse.core import topics
 from tracehouse.core.kafka_security import kafka_client_options
-from tracehouse.core.partitioning import partition_for
-from tracehouse.core.schema import Span, encode_batch
+from tracehouse.core.schema import Span
 
-from .oversize import shrink_to_fit
+from .kafka_errors import BROKEN_SEQUENCE
+from .span_messages import SpanMessage, SpanMessageEncoder
 
 log = logging.getLogger("tracehouse.producers")
-
-# One Kafka message: (partition, encoded SpanBatch, the spans in it, kept to split it if the broker
-# refuses it as too large).
-_Message = tuple[int, bytes, list[Span]]
 
 
 @dataclass
@@ -92,6 +94,7 @@ class SpanTransport:
         self.client_id = client_id
         self.producer_options = {**kafka_client_options(), **(producer_options or {})}
         self.stats = TransportStats()
+        self._encoder = SpanMessageEncoder(batch_spans, max_message_bytes)
         self._queue: collections.deque[Span] = collections.deque()
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -251,7 +254,7 @@ class SpanTransport:
                         self._give_up_queue()
                         return
                 spans = self._drain(self.batch_spans * 8)
-                await self._send_with_retry(producer, spans, partitions)
+                producer = await self._send_with_retry(producer, spans, partitions)
                 self._in_flight = 0
         finally:
             if producer is not None:
@@ -272,81 +275,50 @@ class SpanTransport:
         with self._idle:
             self._idle.notify_all()
 
-    def _messages(self, spans: list[Span], partitions: int) -> list[_Message]:
-        """Group spans by partition and encode them into messages of at most `batch_spans` spans."""
-        by_partition: dict[int, list[Span]] = {}
-        cache: dict[str, int] = {}
-        for span in spans:
-            p = cache.get(span.trace_id)
-            if p is None:
-                p = cache[span.trace_id] = partition_for(span.trace_id, partitions)
-            by_partition.setdefault(p, []).append(span)
-        out: list[_Message] = []
-        for p, group in by_partition.items():
-            for i in range(0, len(group), self.batch_spans):
-                self._encode_within_limit(p, group[i : i + self.batch_spans], out)
-        return out
+    def _messages(self, spans: list[Span], partitions: int) -> list[SpanMessage]:
+        """Group spans by partition and encode them into messages (the rule lives in `span_messages`);
+        a span that cannot be encoded within the limit is counted as failed."""
+        dropped: list[Span] = []
+        messages = self._encoder.messages(spans, partitions, dropped)
+        self.stats.failed += len(dropped)
+        return messages
 
-    def _encode_within_limit(self, partition: int, spans: list[Span], out: list[_Message]) -> None:
-        if len(spans) == 1:
-            self._encode_one(partition, spans[0], self.max_message_bytes, out)
-            return
-        try:
-            value = encode_batch(spans)
-        except Exception:  # one unencodable span: find it by halving, keep the others
-            value = b""
-        if value and len(value) <= self.max_message_bytes:
-            out.append((partition, value, spans))
-            return
-        half = len(spans) // 2
-        self._encode_within_limit(partition, spans[:half], out)
-        self._encode_within_limit(partition, spans[half:], out)
+    def _split_too_large(self, message: SpanMessage) -> list[SpanMessage]:
+        """The broker refused `message` as too large (its limit is below ours): split or shrink it."""
+        dropped: list[Span] = []
+        parts = self._encoder.split_too_large(message, dropped)
+        self.stats.failed += len(dropped)
+        return parts
 
-    def _encode_one(self, partition: int, span: Span, limit: int, out: list[_Message]) -> None:
-        """One span alone in a message: shrunk if it is bigger than `limit`, counted as failed if it cannot
-        be encoded at all."""
-        fitted = shrink_to_fit(span, limit - 16)  # the SpanBatch envelope adds a few bytes
-        if fitted is None:
-            self.stats.failed += 1
-            log.error(
-                "dropped span %s of trace %s: cannot encode it within %d bytes",
-                span.span_id,
-                span.trace_id,
-                limit,
-            )
-            return
-        out.append((partition, encode_batch([fitted[0]]), [fitted[0]]))
-
-    def _split_too_large(self, message: _Message) -> list[_Message]:
-        """The broker refused `message` as too large (its limit is below ours): halve it, or shrink a
-        lone span to half its size."""
-        partition, value, spans = message
-        out: list[_Message] = []
-        if len(spans) > 1:
-            half = len(spans) // 2
-            for part in (spans[:half], spans[half:]):
-                self._encode_within_limit(partition, part, out)
-        elif len(value) > 1024:
-            self._encode_one(partition, spans[0], len(value) // 2, out)
-        else:
-            self.stats.failed += 1
-        return out
-
-    async def _send_one(self, producer: AIOKafkaProducer, message: _Message) -> object:
+    async def _send_one(self, producer: AIOKafkaProducer, message: SpanMessage) -> object:
         """Send one message; the result is the broker's answer or the exception (never raised)."""
         try:
             return await (await producer.send(self.topic, value=message[1], partition=message[0]))
         except Exception as exc:  # `send` itself raises for some errors (e.g. a message too large)
             return exc
 
-    async def _send_with_retry(self, producer: AIOKafkaProducer, spans: list[Span], partitions: int) -> None:
+    async def _renew(self, producer: AIOKafkaProducer) -> AIOKafkaProducer:
+        """A new producer for one whose sequence numbers the broker refuses (see `kafka_errors`)."""
+        log.warning("renewing the kafka producer (its sequence numbers were refused)")
+        try:
+            await asyncio.wait_for(producer.stop(), 5.0)
+        except Exception as exc:  # its batches fail: they are sent again by the new producer
+            log.debug("stopping the old producer: %s", exc)
+        fresh, _ = await self._connect()
+        return fresh
+
+    async def _send_with_retry(
+        self, producer: AIOKafkaProducer, spans: list[Span], partitions: int
+    ) -> AIOKafkaProducer:
+        """Send until acknowledged or given up; returns the producer to go on with (a new one when the
+        broker refused the old one's sequence numbers)."""
         messages = self._messages(spans, partitions)
         self._in_flight = sum(len(m[2]) for m in messages)  # spans dropped while encoding are accounted
         backoff = self.retry_backoff_s
         started = time.monotonic()
         while messages:
             results = await asyncio.gather(*(self._send_one(producer, m) for m in messages))
-            retry: list[_Message] = []
+            retry: list[SpanMessage] = []
             for message, result in zip(messages, results, strict=True):
                 if isinstance(result, MessageSizeTooLargeError):
                     retry.extend(self._split_too_large(message))
@@ -358,7 +330,11 @@ class SpanTransport:
             messages = retry
             self._in_flight = sum(len(m[2]) for m in messages)
             if not messages:
-                return
+                return producer
+            # A batch the broker refused (too large, or out of sequence) breaks the idempotent
+            # producer's sequence for its partition: only a new producer can send there again.
+            if any(isinstance(r, (*BROKEN_SEQUENCE, MessageSizeTooLargeError)) for r in results):
+                producer = await self._renew(producer)
             waited = time.monotonic() - started
             if waited > self.max_retry_s or (self._stopping and waited > 5):
                 self.stats.failed += sum(len(m[2]) for m in messages)
@@ -368,7 +344,7 @@ class SpanTransport:
                     waited,
                 )
                 self._in_flight = 0
-                return
+                return producer
             self.stats.retries += 1
             first_error = next((r for r in results if isinstance(r, BaseException)), None)
             log.warning("kafka send failed for %d messages (%s); retrying", len(messages), first_error)

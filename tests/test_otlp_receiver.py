@@ -1,15 +1,15 @@
 """The OTLP/HTTP receiver on the real broker and the real ClickHouse engine.
 
 The receiver runs in this process (`BackgroundReceiver`: its own event loop on a thread, a free port)
-in front of a real `SpanTransport` to the session's Kafka; the sink runs as a child process, as in
+in front of a real `AckedSpanSender` to the session's Kafka; the sink runs as a child process, as in
 production. Spans are sent by the official OpenTelemetry SDK's OTLP/HTTP exporter — a real client
 with OpenInference attributes — and by hand-built protobuf and OTLP/JSON bodies, and what lands in
 ClickHouse `spans` is checked column by column. The status-code tests speak plain HTTP (http.client)
 so every header and byte is under the test's control; error bodies are decoded with googleapis'
 own `google.rpc.Status` to prove they are what OTLP clients expect.
 
-Backpressure uses a real `SpanTransport` whose broker address has nobody listening (Kafka away): its
-queue fills, and the receiver must answer 503 with Retry-After instead of dropping spans.
+Kafka away uses a real `AckedSpanSender` whose broker address has nobody listening: the receiver must
+answer 503 with Retry-After instead of a 200 it cannot keep.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from tracehouse.core.config import Settings
 from tracehouse.infra.ports import free_port
 from tracehouse.infra.processes import ManagedProcess
 from tracehouse.infra.stack import LocalStack
+from tracehouse.producers.acked_sender import AckedSpanSender
 from tracehouse.producers.otlp import BackgroundReceiver, ReceiverOptions
-from tracehouse.producers.transport import SpanTransport
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
 
@@ -64,13 +64,9 @@ NOW = time.time_ns()
 
 
 @pytest.fixture
-def transport(kafka_bootstrap: str) -> Iterator[SpanTransport]:
-    """The production transport to the session's Kafka."""
-    sender = SpanTransport(kafka_bootstrap, linger_s=0.01, client_id="otlp-receiver-test")
-    try:
-        yield sender
-    finally:
-        sender.shutdown(timeout=15)
+def transport(kafka_bootstrap: str) -> AckedSpanSender:
+    """The production sender to the session's Kafka (the receiver app starts and stops it)."""
+    return AckedSpanSender(kafka_bootstrap, client_id="otlp-receiver-test")
 
 
 @contextmanager
@@ -238,7 +234,7 @@ def send_with_the_otel_sdk(url: str, token: str) -> dict[str, str]:
 
 
 def test_otel_exporter_spans_land_in_clickhouse_with_their_llm_fields(
-    settings: Settings, sink: ManagedProcess, transport: SpanTransport
+    settings: Settings, sink: ManagedProcess, transport: AckedSpanSender
 ) -> None:
     with receiving(transport, tokens=("e2e-token",)) as receiver:
         sent = send_with_the_otel_sdk(receiver.url, "e2e-token")
@@ -255,7 +251,7 @@ def test_otel_exporter_spans_land_in_clickhouse_with_their_llm_fields(
         )  # fmt: skip
         assert (status, body) == (200, b"{}")
         assert receiver.receiver.stats.spans_accepted == 5  # four from the SDK, one by hand
-    assert transport.flush(30) and transport.stats.failed == 0
+    assert transport.stats.failed == 0 and transport.pending == 0  # a 200 means Kafka has them
 
     client = sync_client(settings.clickhouse)
     try:
@@ -322,7 +318,7 @@ def test_otel_exporter_spans_land_in_clickhouse_with_their_llm_fields(
 # ---- the OTLP/HTTP status codes -----------------------------------------------------------------
 
 
-def test_protobuf_json_gzip_and_deflate_bodies_are_accepted(transport: SpanTransport) -> None:
+def test_protobuf_json_gzip_and_deflate_bodies_are_accepted(transport: AckedSpanSender) -> None:
     trace = new_trace()
     spans = [span_json(trace, s, f"op-{i}", {"openinference.span.kind": "TOOL"}) for i, s in enumerate(ids(4))]
     with receiving(transport) as receiver:
@@ -341,10 +337,10 @@ def test_protobuf_json_gzip_and_deflate_bodies_are_accepted(transport: SpanTrans
             else:
                 assert headers["content-type"].startswith(JSON) and json.loads(answer) == {}
         assert receiver.receiver.stats.spans_accepted == 4
-    assert transport.flush(30) and transport.stats.sent >= 4
+    assert transport.stats.acknowledged >= 4 and transport.pending == 0
 
 
-def test_partial_success_counts_the_spans_with_bad_ids(transport: SpanTransport) -> None:
+def test_partial_success_counts_the_spans_with_bad_ids(transport: AckedSpanSender) -> None:
     trace = new_trace()
     good = [span_json(trace, span_id, "good", {}) for span_id in ids(2)]
     bad_trace = span_json("abc", ids(1)[0], "bad", {})
@@ -366,7 +362,7 @@ def test_partial_success_counts_the_spans_with_bad_ids(transport: SpanTransport)
 
 
 @pytest.mark.parametrize("content_type", [PROTOBUF, JSON])
-def test_undecodable_bodies_get_400_with_a_status(transport: SpanTransport, content_type: str) -> None:
+def test_undecodable_bodies_get_400_with_a_status(transport: AckedSpanSender, content_type: str) -> None:
     with receiving(transport) as receiver:
         for body, headers in [
             (b"\xff\x00garbage", {}),
@@ -381,7 +377,7 @@ def test_undecodable_bodies_get_400_with_a_status(transport: SpanTransport, cont
         assert receiver.receiver.stats.bad_requests == 3
 
 
-def test_oversized_bodies_and_gzip_bombs_get_413(transport: SpanTransport) -> None:
+def test_oversized_bodies_and_gzip_bombs_get_413(transport: AckedSpanSender) -> None:
     with receiving(transport, max_body_bytes=50_000, max_decompressed_bytes=200_000) as receiver:
         status, _, answer = post(receiver.url, b"\x00" * 60_000)
         assert status == 413 and "above the limit of 50000" in status_of(answer).message
@@ -402,7 +398,7 @@ def test_oversized_bodies_and_gzip_bombs_get_413(transport: SpanTransport) -> No
         connection.close()
 
 
-def test_unsupported_content_types_and_encodings_get_415(transport: SpanTransport) -> None:
+def test_unsupported_content_types_and_encodings_get_415(transport: AckedSpanSender) -> None:
     with receiving(transport) as receiver:
         for content_type, headers in [
             ("text/plain", {}),
@@ -415,7 +411,7 @@ def test_unsupported_content_types_and_encodings_get_415(transport: SpanTranspor
         assert receiver.receiver.stats.unsupported == 3
 
 
-def test_bearer_tokens_are_required_when_configured(transport: SpanTransport, tmp_path: Any) -> None:
+def test_bearer_tokens_are_required_when_configured(transport: AckedSpanSender, tmp_path: Any) -> None:
     token_file = tmp_path / "tokens"
     token_file.write_text("# receiver tokens\nfrom-file\n")
     options = ReceiverOptions.from_env({"TRACEHOUSE_RECEIVER_TOKENS": "alpha, beta",
@@ -435,35 +431,43 @@ def test_bearer_tokens_are_required_when_configured(transport: SpanTransport, tm
         assert status == 401
 
 
-def test_a_full_queue_answers_503_with_retry_after_and_drops_nothing() -> None:
-    # Kafka away: the transport connects nowhere, so its queue only fills.
-    stalled = SpanTransport(f"127.0.0.1:{free_port()}", max_queue=5, retry_backoff_s=5.0)
-    trace = new_trace()
+def get_json(url: str, path: str) -> tuple[int, Any]:
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        with receiving(stalled, retry_after_s=3) as receiver:
-            status, _, _ = post(receiver.url, request_json([span_json(trace, s, "a", {}) for s in ids(3)]), JSON)
-            assert status == 200 and stalled.pending == 3
-            more = request_json([span_json(trace, s, "b", {}) for s in ids(3)])
-            status, headers, answer = post(receiver.url, more, JSON)
-            assert status == 503 and headers["retry-after"] == "3"
-            assert status_of(answer, JSON).code == 14  # UNAVAILABLE: the exporter retries
-            assert stalled.pending == 3 and stalled.stats.dropped == 0  # refused whole, none half-queued
-            status, _, _ = post(receiver.url, request_json([span_json(trace, s, "c", {}) for s in ids(2)]), JSON)
-            assert status == 200 and stalled.pending == 5
-            status, headers, _ = post(receiver.url, request_json([span_json(trace, ids(1)[0], "d", {})]), JSON)
-            assert status == 503  # full: refused before the body is even read
-
-            connection = http.client.HTTPConnection(urlsplit(receiver.url).hostname, urlsplit(receiver.url).port)
-            connection.request("GET", "/health")
-            health = json.loads(connection.getresponse().read())
-            connection.close()
-            assert health["status"] == "backpressure" and health["pending_spans"] == 5
-            assert health["receiver"]["throttled"] == 2 and health["transport"]["dropped"] == 0
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
     finally:
-        stalled.shutdown(timeout=1)
+        connection.close()
 
 
-def test_health(transport: SpanTransport) -> None:
+def test_kafka_away_answers_503_with_retry_after_before_reading_the_body() -> None:
+    # Nobody listens at this address: the sender cannot connect, so nothing can be acknowledged.
+    away = AckedSpanSender(f"127.0.0.1:{free_port()}", max_pending=5)
+    trace = new_trace()
+    with receiving(away, retry_after_s=3) as receiver:
+        status, headers, answer = post(receiver.url, request_json([span_json(trace, s, "a", {}) for s in ids(3)]), JSON)
+        assert status == 503 and headers["retry-after"] == "3"
+        assert status_of(answer, JSON).code == 14  # UNAVAILABLE: the exporter retries
+        assert away.pending == 0 and away.stats.accepted == 0  # refused whole, nothing half-taken
+        health_status, health = get_json(receiver.url, "/health")
+        assert health_status == 200 and health["status"] == "kafka_unavailable" and health["kafka_ready"] is False
+        assert health["receiver"]["throttled"] == 1
+        assert get_json(receiver.url, "/health/ready")[0] == 503
+        assert get_json(receiver.url, "/health/live") == (200, {"process": "receiver", "live": True})
+
+
+def test_more_spans_than_the_receiver_holds_get_413(transport: AckedSpanSender) -> None:
+    transport.max_pending = 5
+    with receiving(transport) as receiver:
+        trace = new_trace()
+        assert post(receiver.url, request_json([span_json(trace, s, "a", {}) for s in ids(5)]), JSON)[0] == 200
+        assert post(receiver.url, request_json([span_json(trace, s, "b", {}) for s in ids(6)]), JSON)[0] == 413
+        assert get_json(receiver.url, "/health/ready") == (200, {"process": "receiver", "ready": True})
+
+
+def test_health(transport: AckedSpanSender) -> None:
     with receiving(transport) as receiver:
         parts = urlsplit(receiver.url)
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
@@ -471,17 +475,15 @@ def test_health(transport: SpanTransport) -> None:
         response = connection.getresponse()
         body = json.loads(response.read())
         connection.close()
-    assert response.status == 200 and body["status"] == "ok" and body["queue_capacity"] == transport.max_queue
+    assert response.status == 200 and body["status"] == "ok" and body["queue_capacity"] == transport.max_pending
+    assert body["kafka_ready"] is True and body["pending_spans"] == 0
 
 
 @pytest.fixture(scope="module")
 def fuzz_receiver(kafka_bootstrap: str) -> Iterator[BackgroundReceiver]:
-    sender = SpanTransport(kafka_bootstrap, linger_s=0.01, client_id="otlp-fuzz")
-    try:
-        with BackgroundReceiver(sender, ReceiverOptions(max_body_bytes=100_000)) as receiver:
-            yield receiver
-    finally:
-        sender.shutdown(timeout=15)
+    sender = AckedSpanSender(kafka_bootstrap, client_id="otlp-fuzz")
+    with BackgroundReceiver(sender, ReceiverOptions(max_body_bytes=100_000)) as receiver:
+        yield receiver
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

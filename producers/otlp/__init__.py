@@ -4,9 +4,9 @@
     from tracehouse.producers.otlp import BackgroundReceiver  # in-process, for tests and notebooks
 
 `POST /v1/traces` takes protobuf or OTLP/JSON (gzip or deflate), maps OpenInference and OpenTelemetry
-GenAI attributes onto tracehouse's `Span` (see `mapping`), and forwards the spans through the same
-batched, trace-partitioned `SpanTransport` as the SDK. Needs `opentelemetry-proto` and `aiohttp`
-(the `receiver` extra).
+GenAI attributes onto tracehouse's `Span` (see `mapping`), and answers 200 once Kafka has acknowledged
+the spans (`AckedSpanSender`: trace-partitioned, many spans per message, the SDK's rule). Needs
+`opentelemetry-proto` and `aiohttp` (the `receiver` extra).
 """
 
 from .app import (
@@ -16,7 +16,7 @@ from .app import (
     Receiver,
     ReceiverOptions,
     ReceiverStats,
-    SpanQueue,
+    SpanSender,
     create_app,
 )
 from .auth import TokenCheck, load_tokens
@@ -43,8 +43,8 @@ __all__ = [
     "ReceiverServer",
     "ReceiverStats",
     "RequestError",
-    "SpanQueue",
     "SpanRejected",
+    "SpanSender",
     "TokenCheck",
     "UnsupportedMedia",
     "create_app",

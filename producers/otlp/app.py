@@ -1,4 +1,5 @@
-"""The OTLP/HTTP trace receiver as an aiohttp application: `POST /v1/traces` and `GET /health`.
+"""The OTLP/HTTP trace receiver as an aiohttp application: `POST /v1/traces`, `GET /health` (numbers),
+`GET /health/live` and `GET /health/ready` (for a supervisor, as the worker and the sink serve them).
 
 Every answer follows the OTLP/HTTP spec, because exporters decide what to do from the status code:
 
@@ -7,13 +8,19 @@ Every answer follows the OTLP/HTTP spec, because exporters decide what to do fro
 - 400 for a body that does not decode, 413 above the size limits (compressed or decompressed),
   415 for a content type or encoding the receiver does not speak, 401 without a valid bearer token:
   all with a `google.rpc.Status` body, none retried by exporters.
-- 503 with `Retry-After` when the transport's queue cannot take the spans (Kafka slow or away). The
-  exporter retries later; nothing is dropped in silence. This is the receiver's backpressure: memory
-  stays bounded by the queue, not by the load (Phoenix's lesson in DESIGN.md).
+- 503 with `Retry-After` when Kafka cannot take the spans now: it has not acknowledged them within
+  `ack_timeout_s` (they may still arrive; a retry is harmless, spans are deduplicated by span id
+  downstream), it is not reachable or the topic does not exist yet, too many spans await its
+  acknowledgement (`max_pending_spans`, refused before the body is read), or the receiver is stopping.
+- 408 for a body that does not arrive within its deadline (`body_timeout_s + size / min_upload_rate`).
 
-Memory per request is bounded too: at most `max_concurrency` bodies are read and decoded at once (the
-others wait before their body is read, so TCP pushes back on the senders), each at most
-`max_body_bytes` as received and `max_decompressed_bytes` after decompression.
+A 200 means Kafka holds every span of the request (acks=all): the spans go through the
+`AckedSpanSender` on this event loop, which shares Kafka sends between concurrent requests.
+
+Memory and CPU are bounded without letting slow clients hold anything that others need: bodies being
+read share a byte budget (`read_budget_bytes`, counted as bytes arrive, not as declared), each at most
+`max_body_bytes` as received and `max_decompressed_bytes` after decompression; a decoding slot (at most
+`max_concurrency`) is taken only once a body is complete, for the decoding alone.
 
 The CPU work of a request (decompress, decode, map) runs inline for small bodies and on one worker
 thread for large ones, so a 16 MB body never stalls the event loop while small requests stay on the
@@ -27,17 +34,18 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 
 from tracehouse.core.schema import Span
 
+from ..acked_sender import SendOutcome
 from ..payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .auth import TokenCheck, load_tokens
 from .body import SUPPORTED_ENCODINGS
-from .errors import BadRequest, PayloadTooLarge, RequestError
+from .body_reader import BudgetExhausted, ByteBudget, read_body
+from .errors import RequestError
 from .ingest import IngestResult, ingest
 from .responses import JSON, PROTOBUF, export_response, status_body
 
@@ -45,12 +53,14 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "HEALTH_PATH",
+    "LIVE_PATH",
+    "READY_PATH",
     "RECEIVER_KEY",
     "TRACES_PATH",
     "Receiver",
     "ReceiverOptions",
     "ReceiverStats",
-    "SpanQueue",
+    "SpanSender",
     "create_app",
 ]
 
@@ -58,6 +68,8 @@ log = logging.getLogger("tracehouse.receiver")
 
 TRACES_PATH = "/v1/traces"
 HEALTH_PATH = "/health"
+READY_PATH = "/health/ready"
+LIVE_PATH = "/health/live"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4318  # OTLP/HTTP's registered port
 
@@ -68,17 +80,33 @@ _MEDIA_TYPES = {
 }
 
 
-class SpanQueue(Protocol):
-    """What the receiver needs from a transport; `SpanTransport` is the production one."""
+class SpanSender(Protocol):
+    """What the receiver needs from a sender; `AckedSpanSender` is the production one."""
 
-    max_queue: int
+    max_pending: int
 
     @property
     def pending(self) -> int: ...
 
-    def submit_many(self, spans: list[Span]) -> int: ...
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    async def start(self) -> Any: ...
+
+    async def stop(self, timeout: float = ...) -> bool: ...
+
+    def submit(self, spans: list[Span]) -> asyncio.Future[SendOutcome]: ...
 
 
+# Every setting of the receiver, by field, with its environment variable (declared once, here).
 _ENV_VARS = {
     "max_body_bytes": "TRACEHOUSE_RECEIVER_MAX_BODY_BYTES",
     "max_decompressed_bytes": "TRACEHOUSE_RECEIVER_MAX_DECOMPRESSED_BYTES",
@@ -86,6 +114,11 @@ _ENV_VARS = {
     "max_concurrency": "TRACEHOUSE_RECEIVER_MAX_CONCURRENCY",
     "offload_bytes": "TRACEHOUSE_RECEIVER_OFFLOAD_BYTES",
     "retry_after_s": "TRACEHOUSE_RECEIVER_RETRY_AFTER",
+    "ack_timeout_s": "TRACEHOUSE_RECEIVER_ACK_TIMEOUT",
+    "max_pending_spans": "TRACEHOUSE_RECEIVER_MAX_PENDING_SPANS",
+    "body_timeout_s": "TRACEHOUSE_RECEIVER_BODY_TIMEOUT",
+    "min_upload_rate": "TRACEHOUSE_RECEIVER_MIN_UPLOAD_RATE",
+    "read_budget_bytes": "TRACEHOUSE_RECEIVER_READ_BUDGET_BYTES",
 }
 
 
@@ -96,16 +129,30 @@ class ReceiverOptions:
     max_body_bytes: int = 20 * 1024 * 1024  # as received (compressed); the OTel Collector's default
     max_decompressed_bytes: int = 64 * 1024 * 1024
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES  # per text (input, message, attribute), as the SDK
-    max_concurrency: int = 4  # bodies read and decoded at once
+    max_concurrency: int = 4  # bodies decoded at once (a slot is held while decoding only)
     offload_bytes: int = 128 * 1024  # bodies at least this big are processed on the worker thread
     retry_after_s: int = 2  # the Retry-After of a 503
+    ack_timeout_s: float = 5.0  # longest wait for Kafka's acknowledgement before answering 503
+    max_pending_spans: int = 100_000  # spans accepted and not yet acknowledged by Kafka
+    body_timeout_s: float = 10.0  # the floor of a body's deadline
+    min_upload_rate: int = 64 * 1024  # bytes/s a body must arrive at, beyond the floor
+    read_budget_bytes: int = 64 * 1024 * 1024  # bytes of bodies being read at once, all requests together
     tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> ReceiverOptions:
-        """Options from the environment; raises OSError when a named token file cannot be read."""
+        """Options from the environment; raises OSError when a named token file cannot be read and
+        ValueError when a number is not one."""
         source = os.environ if env is None else env
-        numbers = {name: int(source[var]) for name, var in _ENV_VARS.items() if source.get(var)}
+        defaults = cls()
+        numbers: dict[str, float | int] = {}
+        for name, var in _ENV_VARS.items():
+            if source.get(var):
+                convert = float if isinstance(getattr(defaults, name), float) else int
+                try:
+                    numbers[name] = convert(source[var])
+                except ValueError:
+                    raise ValueError(f"{var}={source[var]!r} is not a number") from None
         base = cls(**numbers, tokens=tuple(load_tokens(source)))  # type: ignore[arg-type]
         given = {k: v for k, v in overrides.items() if v is not None}
         if "tokens" in given:
@@ -118,46 +165,53 @@ class ReceiverStats:
     """Counters for operators (served on /health); they only ever increase."""
 
     requests: int = 0
-    spans_accepted: int = 0
+    spans_accepted: int = 0  # acknowledged by Kafka and answered 200
     spans_rejected: int = 0  # reported in partial_success
     bad_requests: int = 0  # 400
     unauthorized: int = 0  # 401
+    too_slow: int = 0  # 408: the body did not arrive within its deadline
     too_large: int = 0  # 413
     unsupported: int = 0  # 415
-    throttled: int = 0  # 503: the queue was full; the exporter retries
+    throttled: int = 0  # 503 of any kind: the exporter retries
+    ack_timeouts: int = 0  # 503 because Kafka did not acknowledge within ack_timeout_s
+    send_failures: int = 0  # 503 because Kafka refused the spans (not retriable) or the sender stopped
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.__dict__)
 
 
 class Receiver:
-    """The handlers and their state: the span queue, the limits, the worker thread."""
+    """The handlers and their state: the sender, the limits, the byte budget, the worker thread."""
 
-    def __init__(self, queue: SpanQueue, options: ReceiverOptions | None = None) -> None:
-        self.queue = queue
+    def __init__(self, sender: SpanSender, options: ReceiverOptions | None = None) -> None:
+        self.sender = sender
         self.options = options or ReceiverOptions()
         self.stats = ReceiverStats()
         self.auth = TokenCheck(self.options.tokens)
         self._executor: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._budget: ByteBudget | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def _on_startup(self, app: web.Application) -> None:
         self._slots = asyncio.Semaphore(self.options.max_concurrency)
+        self._budget = ByteBudget(self.options.read_budget_bytes)
         # One thread: decoding holds the GIL, so more threads would only contend for it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracehouse-receiver")
+        await self.sender.start()
 
     async def _on_cleanup(self, app: web.Application) -> None:
+        """After the requests in flight are answered: flush what is left, then stop."""
+        if not await self.sender.stop(timeout=self.options.ack_timeout_s + 5):
+            log.error("%d spans accepted before the stop were not acknowledged by Kafka", self.sender.pending)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
     # ---- answers ----------------------------------------------------------------------------
 
-    def _error(
-        self, status: int, media_type: str, message: str, headers: dict[str, str] | None = None
-    ) -> web.Response:
+    def _error(self, status: int, media_type: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
         return web.Response(
             status=status,
             body=status_body(media_type, status, message),
@@ -169,23 +223,60 @@ class Receiver:
         self.stats.throttled += 1
         return self._error(503, media_type, message, {"Retry-After": str(self.options.retry_after_s)})
 
+    def _not_now(self, media_type: str) -> web.Response | None:
+        """A 503 when the sender cannot take spans now (checked before reading a body), else None."""
+        sender = self.sender
+        if sender.closing:
+            return self._throttled(media_type, "receiver is shutting down; retry later")
+        if not sender.connected:
+            return self._throttled(media_type, "Kafka is not reachable or the spans topic does not exist yet")
+        if sender.pending >= sender.max_pending:
+            return self._throttled(media_type, "too many spans await Kafka's acknowledgement; retry later")
+        return None
+
     # ---- handlers ---------------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
         """Liveness and the numbers that tell whether the receiver keeps up."""
-        queue = self.queue
-        pending = queue.pending
+        sender = self.sender
+        pending = sender.pending
+        if sender.closing:
+            status = "stopping"
+        elif not sender.ready:
+            status = "kafka_unavailable"
+        elif pending >= sender.max_pending:
+            status = "backpressure"
+        else:
+            status = "ok"
         body = {
-            "status": "ok" if pending < queue.max_queue else "backpressure",
+            "status": status,
             "pending_spans": pending,
-            "queue_capacity": queue.max_queue,
+            "queue_capacity": sender.max_pending,
             "receiver": self.stats.snapshot(),
+            "bytes_being_read": self._budget.used if self._budget is not None else 0,
+            **{k: v for k, v in sender.health().items() if k != "pending_spans"},
         }
-        transport_stats = getattr(queue, "stats", None)
-        snapshot = getattr(transport_stats, "snapshot", None)
-        if callable(snapshot):
-            body["transport"] = snapshot()
         return web.json_response(body)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        """`/health/ready` (as the worker's and the sink's): 200 when spans sent now can be acknowledged,
+        503 with the reason otherwise."""
+        sender = self.sender
+        if sender.closing:
+            reason = "stopping"
+        elif not sender.connected:
+            reason = "waiting for Kafka or the spans topic"
+        elif not sender.ready:
+            reason = "Kafka is not acknowledging"
+        elif sender.pending >= sender.max_pending:
+            reason = "too many spans await Kafka's acknowledgement"
+        else:
+            return web.json_response({"process": "receiver", "ready": True})
+        return web.json_response({"process": "receiver", "ready": False, "reason": reason}, status=503)
+
+    async def live(self, request: web.Request) -> web.Response:
+        """`/health/live`: the event loop turns (a blocked loop cannot answer)."""
+        return web.json_response({"process": "receiver", "live": True})
 
     async def traces(self, request: web.Request) -> web.Response:
         """`POST /v1/traces`."""
@@ -195,9 +286,7 @@ class Receiver:
         reply_as = media_type or PROTOBUF
         if not self.auth.allows(request.headers.get("Authorization")):
             stats.unauthorized += 1
-            return self._error(
-                401, reply_as, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"}
-            )
+            return self._error(401, reply_as, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
         if media_type is None:
             stats.unsupported += 1
             return self._error(
@@ -212,50 +301,46 @@ class Receiver:
             return self._error(
                 415, reply_as, f"Content-Encoding {content_encoding!r} is not supported; use gzip or deflate"
             )
-        if self.queue.pending >= self.queue.max_queue:  # full already: do not even read the body
-            return self._throttled(reply_as, "span queue is full; retry later")
+        refused = self._not_now(reply_as)  # before reading the body: a 503 then costs nothing
+        if refused is not None:
+            return refused
 
-        assert self._slots is not None, "the receiver app was not started"
-        async with self._slots:
-            try:
-                body = await self._read_body(request)
-                result = await self._process(body, media_type, content_encoding)
-            except RequestError as exc:
-                if exc.status == 413:
-                    stats.too_large += 1
-                elif exc.status == 415:
-                    stats.unsupported += 1
-                else:
-                    stats.bad_requests += 1
-                log.debug("refused a request with %d: %s", exc.status, exc.reason)
-                return self._error(exc.status, reply_as, exc.reason)
-            except Exception:  # a bug here must answer like a server, and be seen
-                log.exception("failed to process an OTLP request")
-                return self._error(500, reply_as, "internal error while decoding the request")
-        return self._forward(result, reply_as)
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        """The body as sent, refused as soon as it passes `max_body_bytes` (before reading it all when
-        Content-Length says so)."""
-        limit = self.options.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            raise PayloadTooLarge(f"body of {length} bytes is above the limit of {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        stream = request.content
+        assert self._slots is not None and self._budget is not None, "the receiver app was not started"
+        options = self.options
+        held = 0
         try:
-            while True:
-                chunk = await stream.readany()
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"body is above the limit of {limit} bytes")
-                chunks.append(chunk)
-        except (RequestPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise BadRequest(f"incomplete request body: {exc}") from None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            body, held = await read_body(
+                request,
+                self._budget,
+                max_bytes=options.max_body_bytes,
+                floor_s=options.body_timeout_s,
+                min_rate=options.min_upload_rate,
+            )
+            async with self._slots:  # the CPU and memory bound: held while decoding only
+                result = await self._process(body, media_type, content_encoding)
+            del body
+        except RequestError as exc:
+            if exc.status == 408:
+                stats.too_slow += 1
+            elif exc.status == 413:
+                stats.too_large += 1
+            elif exc.status == 415:
+                stats.unsupported += 1
+            else:
+                stats.bad_requests += 1
+            log.debug("refused a request with %d: %s", exc.status, exc.reason)
+            response = self._error(exc.status, reply_as, exc.reason)
+            if exc.status in (408, 413):
+                response.force_close()  # do not linger reading the rest of a body we refused
+            return response
+        except BudgetExhausted as exc:
+            return self._throttled(reply_as, f"receiver busy: {exc}; retry later")
+        except Exception:  # a bug here must answer like a server, and be seen
+            log.exception("failed to process an OTLP request")
+            return self._error(500, reply_as, "internal error while decoding the request")
+        finally:
+            await self._budget.give_back(held)
+        return await self._forward(result, reply_as)
 
     async def _process(self, body: bytes, media_type: str, content_encoding: str) -> IngestResult:
         options = self.options
@@ -264,44 +349,62 @@ class Receiver:
             return ingest(*args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, ingest, *args)
 
-    def _forward(self, result: IngestResult, media_type: str) -> web.Response:
-        """Hand the spans to the queue whole or not at all, and answer."""
+    async def _forward(self, result: IngestResult, media_type: str) -> web.Response:
+        """Hand the spans to the sender and answer once Kafka has acknowledged them all (200), or 503
+        when it has not within `ack_timeout_s` or refused them."""
         spans = result.spans
         count = len(spans)
-        queue = self.queue
+        sender = self.sender
+        rejected, reason = result.rejected, result.error_message
         if count:
-            if count > queue.max_queue:
+            if count > sender.max_pending:
                 self.stats.too_large += 1
                 return self._error(
-                    413, media_type, f"{count} spans in one request is more than the queue holds; send fewer"
+                    413, media_type, f"{count} spans in one request is more than the receiver holds; send fewer"
                 )
-            if queue.pending + count > queue.max_queue:
-                return self._throttled(media_type, "span queue is full; retry later")
-            accepted = queue.submit_many(spans)
-            if accepted < count:  # the transport is stopping: the exporter sends them again elsewhere
-                self.stats.spans_accepted += accepted
-                return self._throttled(media_type, "receiver is shutting down; retry later")
-            self.stats.spans_accepted += count
-        if result.rejected:
-            self.stats.spans_rejected += result.rejected
-            log.debug("rejected %d spans: %s", result.rejected, result.error_message)
-        return web.Response(
-            body=export_response(media_type, result.rejected, result.error_message), content_type=media_type
-        )
+            refused = self._not_now(media_type)
+            if refused is None and sender.pending + count > sender.max_pending:
+                refused = self._throttled(media_type, "too many spans await Kafka's acknowledgement; retry later")
+            if refused is not None:
+                return refused
+            outcome_future = sender.submit(spans)
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(outcome_future), self.options.ack_timeout_s)
+            except asyncio.TimeoutError:
+                self.stats.ack_timeouts += 1
+                return self._throttled(
+                    media_type,
+                    f"Kafka has not acknowledged the spans within {self.options.ack_timeout_s:g}s; retry "
+                    "(spans that arrive twice are stored once)",
+                )
+            if not outcome.ok:
+                self.stats.send_failures += 1
+                return self._throttled(media_type, f"spans not stored: {outcome.error}; retry later")
+            self.stats.spans_accepted += count - outcome.refused
+            if outcome.refused:
+                rejected += outcome.refused
+                why = f"{outcome.refused} spans cannot be encoded within the Kafka message limit"
+                reason = f"{reason}; {why}" if reason else why
+        if rejected:
+            self.stats.spans_rejected += rejected
+            log.debug("rejected %d spans: %s", rejected, reason)
+        return web.Response(body=export_response(media_type, rejected, reason), content_type=media_type)
 
 
 RECEIVER_KEY = web.AppKey("tracehouse_receiver", Receiver)
 
 
-def create_app(queue: SpanQueue, options: ReceiverOptions | None = None) -> web.Application:
-    """The receiver application. Serve it with aiohttp's transparent decompression off
-    (`AppRunner(app, auto_decompress=False)`, as `ReceiverServer` does): the receiver decompresses
-    bodies itself, under its size limit."""
-    receiver = Receiver(queue, options)
+def create_app(sender: SpanSender, options: ReceiverOptions | None = None) -> web.Application:
+    """The receiver application; it starts `sender` on its event loop and stops (flushes) it last.
+    Serve it with aiohttp's transparent decompression off (`AppRunner(app, auto_decompress=False)`,
+    as `ReceiverServer` does): the receiver decompresses bodies itself, under its size limit."""
+    receiver = Receiver(sender, options)
     app = web.Application()
     app[RECEIVER_KEY] = receiver
     app.router.add_post(TRACES_PATH, receiver.traces)
     app.router.add_get(HEALTH_PATH, receiver.health)
+    app.router.add_get(READY_PATH, receiver.ready)
+    app.router.add_get(LIVE_PATH, receiver.live)
     app.on_startup.append(receiver._on_startup)
     app.on_cleanup.append(receiver._on_cleanup)
     return app

@@ -34,3 +34,9 @@ class UnsupportedMedia(RequestError):
     """A content type or content encoding the receiver does not speak: 415."""
 
     status = 415
+
+
+class RequestTimeout(RequestError):
+    """The body did not arrive within its deadline (a client too slow, or stalled): 408."""
+
+    status = 408

@@ -29,6 +29,7 @@ JSON = "application/json"
 RPC_CODES = {
     400: 3,  # INVALID_ARGUMENT
     401: 16,  # UNAUTHENTICATED
+    408: 4,  # DEADLINE_EXCEEDED: the body came too slowly
     413: 8,  # RESOURCE_EXHAUSTED
     415: 3,  # INVALID_ARGUMENT
     500: 13,  # INTERNAL

@@ -2,8 +2,8 @@
 background-thread variant for tests, notebooks and the benchmark.
 
 Shutdown order matters for "no span lost": stop accepting connections, let requests in flight finish
-(their spans enter the transport's queue or get a 503), then flush the transport so every accepted span
-is acknowledged by Kafka before the process exits.
+(each gets 200 if Kafka acknowledged its spans within the bound, else 503), then flush the sender so
+whatever is still on its way to Kafka gets there before the process exits.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .app import RECEIVER_KEY, Receiver, ReceiverOptions, SpanQueue, create_app
+from .app import RECEIVER_KEY, Receiver, ReceiverOptions, SpanSender, create_app
 from .auth import load_tokens
 
 if TYPE_CHECKING:
@@ -33,14 +33,17 @@ class ReceiverServer:
 
     def __init__(
         self,
-        queue: SpanQueue,
+        sender: SpanSender,
         options: ReceiverOptions | None = None,
         host: str = "127.0.0.1",
         port: int = 4318,
         *,
-        shutdown_timeout: float = 15.0,
+        shutdown_timeout: float | None = None,
     ) -> None:
-        self.app = create_app(queue, options)
+        options = options or ReceiverOptions()
+        self.app = create_app(sender, options)
+        if shutdown_timeout is None:  # long enough for every request in flight to get its answer
+            shutdown_timeout = options.ack_timeout_s + 5.0
         self.host = host
         self._requested_port = port
         self._runner = web.AppRunner(
@@ -82,12 +85,12 @@ class BackgroundReceiver:
 
     def __init__(
         self,
-        queue: SpanQueue,
+        sender: SpanSender,
         options: ReceiverOptions | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.server = ReceiverServer(queue, options, host, port)
+        self.server = ReceiverServer(sender, options, host, port)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="tracehouse-receiver-loop", daemon=True)
         self._ready = threading.Event()
@@ -134,12 +137,12 @@ class BackgroundReceiver:
         self.stop()
 
 
-async def _serve(queue: SpanQueue, options: ReceiverOptions, host: str, port: int) -> None:
+async def _serve(sender: SpanSender, options: ReceiverOptions, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = ReceiverServer(queue, options, host, port)
+    server = ReceiverServer(sender, options, host, port)
     await server.start()
     auth = "bearer tokens required" if server.receiver.auth.enabled else "no authentication"
     print(f"tracehouse receiver started on {server.url}", file=sys.stderr, flush=True)
@@ -152,35 +155,30 @@ async def _serve(queue: SpanQueue, options: ReceiverOptions, host: str, port: in
 
 
 def run_receiver(settings: Settings, host: str, port: int, tokens: list[str]) -> int:
-    """`tracehouse receiver`: serve OTLP/HTTP on host:port until SIGTERM or Ctrl-C, forwarding spans to
-    Kafka through a `SpanTransport`; on the way out, finish the requests in flight and flush.
+    """`tracehouse receiver`: serve OTLP/HTTP on host:port until SIGTERM or Ctrl-C, answering 200 once
+    Kafka has acknowledged a request's spans (`AckedSpanSender`); on the way out, stop accepting,
+    answer the requests in flight honestly and flush.
 
     `tokens`: bearer tokens to require; when empty, `TRACEHOUSE_RECEIVER_TOKENS(_FILE)` are used (so
     authentication configured in the environment is never switched off by a missing flag). Other limits
     come from `TRACEHOUSE_RECEIVER_*` (see `ReceiverOptions`). Returns the process exit code.
     """
-    from tracehouse.producers.transport import SpanTransport
+    from tracehouse.producers.acked_sender import AckedSpanSender
 
     try:
         options = ReceiverOptions.from_env(tokens=list(tokens) or load_tokens())
     except (OSError, ValueError) as exc:
         print(f"tracehouse receiver: bad configuration: {exc}", file=sys.stderr)
         return 2
-    transport = SpanTransport(settings.kafka_bootstrap, client_id="tracehouse-receiver")
-    code = 0
+    sender = AckedSpanSender(
+        settings.kafka_bootstrap, max_pending=options.max_pending_spans, client_id="tracehouse-receiver"
+    )
     try:
-        asyncio.run(_serve(transport, options, host, port))
+        asyncio.run(_serve(sender, options, host, port))
     except OSError as exc:  # the port is taken, the address does not exist
         print(f"tracehouse receiver: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        flushed = transport.flush(timeout=30.0)
-        transport.shutdown(timeout=5.0)
-        stats = transport.stats.snapshot()
-        log.info("transport: %s", stats)
-        if not flushed:
-            print(
-                f"tracehouse receiver: {transport.pending} spans were not acknowledged by Kafka at exit",
-                file=sys.stderr,
-            )
-    return code
+        return 1
+    log.info("sender: %s", sender.stats.snapshot())
+    if sender.pending:
+        print(f"tracehouse receiver: {sender.pending} spans were not acknowledged by Kafka at exit", file=sys.stderr)
+    return 0

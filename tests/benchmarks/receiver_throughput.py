@@ -10,13 +10,20 @@ encoder, 500 spans per request (the SDK's BatchSpanProcessor sends up to 512).
 
 The receiver runs in a child process pinned to CPU 0 (`sched_setaffinity`), so "spans/s" is what one
 core does; the load generator (aiohttp, bodies built in advance, 4 requests in flight) is pinned to
-CPU 1. Per run we report wall-clock spans/s and the receiver process's CPU time per span (from
-/proc/PID/stat). The span queue behind the receiver is, by `--kafka`:
-- `none` (default): a queue that counts and drops, to measure the receiver alone;
-- `auto`: a real Apache Kafka started for the run (needs Java 17; slow to start), with the real
-  `SpanTransport` in the receiver process (its encoding and sending thread shares the receiver's core,
-  as in production), and the run ends only when Kafka has acknowledged every span;
+CPU 1. Per run we report wall-clock spans/s, the receiver process's CPU time per span (from
+/proc/PID/stat) and the request latency p50/p99 seen by the load generator. What is behind the
+receiver, by `--kafka`:
+- `none` (default): a sender that acknowledges at once, to measure the receiver alone;
+- `auto`: a real Apache Kafka started for the run (needs Java 17; slow to start);
 - `HOST:PORT`: the same against a broker you run.
+With Kafka, each run measures two peers on the same broker, one after the other:
+- `acked`: the production path, `AckedSpanSender` on the receiver's event loop; a request is answered
+  once Kafka has acknowledged its spans (acks=all). The run ends when the last answer arrives.
+- `fire-and-forget`: the path before it, the SDK's `SpanTransport` (its own thread) answering as soon
+  as the spans are queued; the run ends only when Kafka has acknowledged every span, so both peers
+  move the same spans into Kafka. Its latency is that of the answer, not of the spans' arrival.
+The ratio of the two is the cost of "200 means in Kafka"; the added latency is the difference of the
+p50s and of the p99s.
 Also printed, for reference: the CPU cost of decode + map alone per span, in this process.
 """
 
@@ -33,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PROMPT = ("You are a support assistant. Use the context to answer. " * 20)[:900]
@@ -103,44 +111,79 @@ def build_bodies(count: int, batch: int, encoding: str) -> list[bytes]:
 # ---- the receiver process -----------------------------------------------------------------------
 
 
-class CountingQueue:
-    """A span queue that counts and drops: the receiver's cost without a transport's."""
+class CountingSender:
+    """A sender that acknowledges at once: the receiver's cost without Kafka's."""
 
-    max_queue = 10_000_000
+    max_pending = 10_000_000
     pending = 0
+    connected = ready = True
+    closing = False
 
-    def __init__(self) -> None:
-        self.count = 0
+    def health(self) -> dict[str, object]:
+        return {"kafka_ready": True}
 
-    def submit_many(self, spans: list[object]) -> int:
-        self.count += len(spans)
-        return len(spans)
+    async def start(self) -> None:
+        return None
+
+    async def stop(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def submit(self, spans: list[object]) -> asyncio.Future[object]:
+        from tracehouse.producers.acked_sender import SendOutcome
+
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(SendOutcome(True))
+        return future
 
 
-def serve(port: int, kafka: str, offload_bytes: int | None) -> None:
+class FireAndForget(CountingSender):
+    """The path before acknowledged sends: the SDK's `SpanTransport` (a thread of its own) takes the spans
+    into its queue and the request is answered at once."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from tracehouse.producers.transport import SpanTransport
+
+        self.transport = SpanTransport(bootstrap, client_id="bench-receiver")
+        self.max_pending = self.transport.max_queue
+
+    @property
+    def pending(self) -> int:  # type: ignore[override]
+        return self.transport.pending
+
+    async def stop(self, timeout: float = 30.0) -> bool:
+        flushed = await asyncio.to_thread(self.transport.flush, timeout)
+        self.transport.shutdown(timeout=5)
+        return flushed
+
+    def submit(self, spans: list[object]) -> asyncio.Future[object]:
+        self.transport.submit_many(spans)  # type: ignore[arg-type]
+        return super().submit(spans)
+
+
+def serve(port: int, kafka: str, path: str, offload_bytes: int | None) -> None:
     os.sched_setaffinity(0, {0})
     from tracehouse.producers.otlp import ReceiverOptions
     from tracehouse.producers.otlp.server import ReceiverServer
 
     if kafka == "none":
-        queue: object = CountingQueue()
+        sender: object = CountingSender()
+    elif path == "fire-and-forget":
+        sender = FireAndForget(kafka)
     else:
-        from tracehouse.producers.transport import SpanTransport
+        from tracehouse.producers.acked_sender import AckedSpanSender
 
-        queue = SpanTransport(kafka, client_id="bench-receiver")
+        sender = AckedSpanSender(kafka, client_id="bench-receiver")
     options = ReceiverOptions() if offload_bytes is None else ReceiverOptions(offload_bytes=offload_bytes)
 
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        server = await ReceiverServer(queue, options, "127.0.0.1", port).start()  # type: ignore[arg-type]
+        server = await ReceiverServer(sender, options, "127.0.0.1", port).start()  # type: ignore[arg-type]
         print("READY", flush=True)
         await stop.wait()
         await server.stop()
 
     asyncio.run(main())
-    if kafka != "none":
-        queue.shutdown()  # type: ignore[attr-defined]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -153,12 +196,14 @@ def cpu_seconds(pid: int) -> float:
 
 async def send_all(
     url: str, bodies: list[bytes], requests: int, concurrency: int, headers: dict[str, str]
-) -> int:
-    """Send `requests` bodies with `concurrency` in flight; 503s are retried like an exporter would."""
+) -> tuple[int, list[float]]:
+    """Send `requests` bodies with `concurrency` in flight; 503s are retried like an exporter would.
+    Returns the 503 count and each 200's latency in seconds (from sending to the full answer)."""
     import aiohttp
 
     throttled = 0
     next_index = 0
+    latencies: list[float] = []
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal next_index, throttled
@@ -166,9 +211,11 @@ async def send_all(
             body = bodies[next_index % len(bodies)]
             next_index += 1
             while True:
+                t0 = time.perf_counter()
                 async with session.post(url, data=body, headers=headers) as response:
                     await response.read()
                     if response.status == 200:
+                        latencies.append(time.perf_counter() - t0)
                         break
                     if response.status != 503:
                         raise RuntimeError(f"receiver answered {response.status}")
@@ -178,7 +225,7 @@ async def send_all(
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    return throttled
+    return throttled, latencies
 
 
 async def wait_drained(health_url: str, timeout: float = 120.0) -> None:
@@ -194,12 +241,28 @@ async def wait_drained(health_url: str, timeout: float = 120.0) -> None:
     raise TimeoutError("the transport did not drain")
 
 
-def one_run(args: argparse.Namespace, bodies: list[bytes], kafka: str) -> tuple[float, float, int]:
+@dataclass
+class RunResult:
+    rate: float  # spans/s
+    cpu_us: float  # receiver CPU µs per span
+    p50_ms: float  # request latency under the load
+    p99_ms: float
+    throttled: int
+    idle_p50_ms: float = 0.0  # request latency one request at a time, after the load
+    idle_p99_ms: float = 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def one_run(args: argparse.Namespace, bodies: list[bytes], kafka: str, path: str) -> RunResult:
     from tracehouse.infra.ports import free_port
 
     port = free_port()
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--kafka", kafka,
+        [sys.executable, __file__, "--serve", str(port), "--kafka", kafka, "--path", path,
          *(["--offload-bytes", str(args.offload_bytes)] if args.offload_bytes is not None else [])],
         stdout=subprocess.PIPE,
     )  # fmt: skip
@@ -214,11 +277,15 @@ def one_run(args: argparse.Namespace, bodies: list[bytes], kafka: str) -> tuple[
         asyncio.run(send_all(url, bodies, min(8, requests), 2, headers))  # warm-up
         asyncio.run(wait_drained(url.replace("/v1/traces", "/health")))
         cpu0, t0 = cpu_seconds(child.pid), time.perf_counter()
-        throttled = asyncio.run(send_all(url, bodies, requests, args.concurrency, headers))
-        asyncio.run(wait_drained(url.replace("/v1/traces", "/health")))
+        throttled, latencies = asyncio.run(send_all(url, bodies, requests, args.concurrency, headers))
+        asyncio.run(wait_drained(url.replace("/v1/traces", "/health")))  # fire-and-forget: until in Kafka
         wall, cpu = time.perf_counter() - t0, cpu_seconds(child.pid) - cpu0
         spans = requests * args.batch
-        return spans / wall, cpu / spans * 1e6, throttled
+        p50, p99 = percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3
+        _, idle = asyncio.run(send_all(url, bodies, 40, 1, headers))
+        asyncio.run(wait_drained(url.replace("/v1/traces", "/health")))
+        idle_p50, idle_p99 = percentile(idle, 0.5) * 1e3, percentile(idle, 0.99) * 1e3
+        return RunResult(spans / wall, cpu / spans * 1e6, p50, p99, throttled, idle_p50, idle_p99)
     finally:
         child.send_signal(signal.SIGTERM)
         child.wait(timeout=60)
@@ -260,9 +327,10 @@ def main() -> int:
     parser.add_argument("--kafka", default="none", help="none | auto | HOST:PORT (see the module doc)")
     parser.add_argument("--offload-bytes", type=int, default=None, help="ReceiverOptions.offload_bytes")
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--path", default="acked", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        serve(args.serve, args.kafka, args.offload_bytes)
+        serve(args.serve, args.kafka, args.path, args.offload_bytes)
         return 0
 
     os.sched_setaffinity(0, {1})
@@ -278,21 +346,50 @@ def main() -> int:
     broker, kafka = (None, args.kafka)
     if args.kafka == "auto":
         broker, kafka = start_kafka()
+    paths = ["receiver alone"] if kafka == "none" else ["acked", "fire-and-forget"]
+    results: dict[str, list[RunResult]] = {path: [] for path in paths}
     try:
-        results = []
         for run in range(args.runs):
-            rate, cpu_us, throttled = one_run(args, bodies, kafka)
-            results.append((rate, cpu_us))
-            print(
-                f"  run {run + 1}: {rate:,.0f} spans/s, {cpu_us:.1f} µs receiver CPU per span, {throttled} x 503"
-            )
+            for path in paths:  # interleaved, so a busy moment of the machine hits both peers alike
+                result = one_run(args, bodies, kafka, path)
+                results[path].append(result)
+                print(
+                    f"  run {run + 1} {path:>15}: {result.rate:,.0f} spans/s, {result.cpu_us:.1f} µs receiver CPU"
+                    f" per span, latency p50 {result.p50_ms:.1f} ms p99 {result.p99_ms:.1f} ms"
+                    f" (one at a time: {result.idle_p50_ms:.1f} / {result.idle_p99_ms:.1f} ms),"
+                    f" {result.throttled} x 503"
+                )
     finally:
         if broker is not None:
             broker.stop()  # type: ignore[attr-defined]
-    rate = statistics.median(r for r, _ in results)
-    cpu_us = statistics.median(c for _, c in results)
-    queue = "counting queue (receiver alone)" if kafka == "none" else f"SpanTransport -> Kafka {kafka}"
-    print(f"median of {args.runs}: {rate:,.0f} spans/s on one core, {cpu_us:.1f} µs CPU per span [{queue}]")
+    medians = {}
+    for path, runs in results.items():
+        medians[path] = RunResult(
+            statistics.median(r.rate for r in runs),
+            statistics.median(r.cpu_us for r in runs),
+            statistics.median(r.p50_ms for r in runs),
+            statistics.median(r.p99_ms for r in runs),
+            sum(r.throttled for r in runs),
+            statistics.median(r.idle_p50_ms for r in runs),
+            statistics.median(r.idle_p99_ms for r in runs),
+        )
+    behind = "a sender that acknowledges at once (receiver alone)" if kafka == "none" else f"Kafka {kafka}"
+    print(f"median of {args.runs} [{behind}]:")
+    for path, m in medians.items():
+        print(
+            f"  {path:>15}: {m.rate:,.0f} spans/s on one core, {m.cpu_us:.1f} µs CPU per span,"
+            f" latency p50 {m.p50_ms:.1f} ms p99 {m.p99_ms:.1f} ms; one request at a time p50 {m.idle_p50_ms:.1f} ms"
+            f" p99 {m.idle_p99_ms:.1f} ms"
+        )
+    if len(medians) == 2:
+        acked, old = medians["acked"], medians["fire-and-forget"]
+        print(
+            f"  acked / fire-and-forget: {acked.rate / old.rate:.2f}x spans/s, {acked.cpu_us / old.cpu_us:.2f}x CPU"
+            f" per span; added latency under load p50 {acked.p50_ms - old.p50_ms:+.1f} ms,"
+            f" p99 {acked.p99_ms - old.p99_ms:+.1f} ms;"
+            f" one at a time p50 {acked.idle_p50_ms - old.idle_p50_ms:+.1f} ms,"
+            f" p99 {acked.idle_p99_ms - old.idle_p99_ms:+.1f} ms"
+        )
     return 0
 
 

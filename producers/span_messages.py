@@ -1,0 +1,109 @@
+"""Spans into Kafka messages: grouped by partition, many spans per message, each message under a size limit.
+
+One module for the rule, used by both senders: the SDK's fire-and-forget `SpanTransport` and the
+receiver's acknowledged `AckedSpanSender`. The rule (see DESIGN.md, "Throughput rules"): every span of a
+trace goes to the partition chosen from its trace id; a message carries at most `batch_spans` spans and
+at most `max_message_bytes` bytes (one `SpanBatch`); a span that cannot be encoded, or is too big for a
+message even alone, is shrunk (`shrink_to_fit`) or, failing that, dropped and handed back to the caller,
+who counts it (a sender must never die on one bad span, nor lose its neighbours).
+
+A message keeps the spans it was made from (the originals, even when it carries a shrunk copy), so a
+sender can split it again when the broker refuses it as too large, and knows whose spans it carries.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+from tracehouse.core.partitioning import partition_for
+from tracehouse.core.schema import Span, encode_batch
+
+from .oversize import shrink_to_fit
+
+__all__ = ["SpanMessage", "SpanMessageEncoder"]
+
+log = logging.getLogger("tracehouse.producers")
+
+_ENVELOPE_BYTES = 16  # what the SpanBatch envelope adds around one span
+
+
+class SpanMessage(NamedTuple):
+    """One Kafka message: its partition, the encoded `SpanBatch`, and the spans it carries."""
+
+    partition: int
+    value: bytes
+    spans: list[Span]
+
+
+class SpanMessageEncoder:
+    """Encodes spans into `SpanMessage`s; `dropped` (a list the caller passes) receives the spans that
+    could not be encoded within the limit at all."""
+
+    def __init__(self, batch_spans: int = 500, max_message_bytes: int = 900_000) -> None:
+        self.batch_spans = batch_spans
+        self.max_message_bytes = max_message_bytes
+
+    def messages(self, spans: list[Span], partitions: int, dropped: list[Span]) -> list[SpanMessage]:
+        """Group spans by partition and encode them into messages of at most `batch_spans` spans."""
+        by_partition: dict[int, list[Span]] = {}
+        cache: dict[str, int] = {}
+        for span in spans:
+            p = cache.get(span.trace_id)
+            if p is None:
+                p = cache[span.trace_id] = partition_for(span.trace_id, partitions)
+            group = by_partition.get(p)
+            if group is None:
+                by_partition[p] = [span]
+            else:
+                group.append(span)
+        out: list[SpanMessage] = []
+        step = self.batch_spans
+        for p, group in by_partition.items():
+            for i in range(0, len(group), step):
+                self._encode_within_limit(p, group[i : i + step], out, dropped)
+        return out
+
+    def split_too_large(self, message: SpanMessage, dropped: list[Span]) -> list[SpanMessage]:
+        """The broker refused `message` as too large (its limit is below ours): halve it, or shrink a
+        lone span to half its size."""
+        partition, value, spans = message
+        out: list[SpanMessage] = []
+        if len(spans) > 1:
+            half = len(spans) // 2
+            for part in (spans[:half], spans[half:]):
+                self._encode_within_limit(partition, part, out, dropped)
+        elif len(value) > 1024:
+            self._encode_one(partition, spans[0], len(value) // 2, out, dropped)
+        else:
+            dropped.extend(spans)
+        return out
+
+    def _encode_within_limit(
+        self, partition: int, spans: list[Span], out: list[SpanMessage], dropped: list[Span]
+    ) -> None:
+        if len(spans) == 1:
+            self._encode_one(partition, spans[0], self.max_message_bytes, out, dropped)
+            return
+        try:
+            value = encode_batch(spans)
+        except Exception:  # one unencodable span: find it by halving, keep the others
+            value = b""
+        if value and len(value) <= self.max_message_bytes:
+            out.append(SpanMessage(partition, value, spans))
+            return
+        half = len(spans) // 2
+        self._encode_within_limit(partition, spans[:half], out, dropped)
+        self._encode_within_limit(partition, spans[half:], out, dropped)
+
+    def _encode_one(self, partition: int, span: Span, limit: int, out: list[SpanMessage], dropped: list[Span]) -> None:
+        """One span alone in a message: shrunk if it is bigger than `limit`, dropped if it cannot be
+        encoded at all."""
+        fitted = shrink_to_fit(span, limit - _ENVELOPE_BYTES)
+        if fitted is None:
+            dropped.append(span)
+            log.error(
+                "dropped span %s of trace %s: cannot encode it within %d bytes", span.span_id, span.trace_id, limit
+            )
+            return
+        out.append(SpanMessage(partition, encode_batch([fitted[0]]), [span]))
