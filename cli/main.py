@@ -12,9 +12,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from tracehouse.core.config import Settings
+from tracehouse.core.config import DEFAULT_SINK_HEALTH_PORT, DEFAULT_WORKER_HEALTH_PORT, Settings
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -67,10 +68,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     _need("sinks", "clickhouse_connect")
     import asyncio
 
+    from tracehouse.core.kafka_security import kafka_client_options
+    from tracehouse.core.topic_admin import TopicAdminError, ensure_topics
     from tracehouse.sinks.cluster import migrate_cluster
     from tracehouse.sinks.migrate import migrate
 
     settings = _settings(args)
+    if not args.skip_topics:
+        try:
+            specs = settings.topic_specs()
+            topics = asyncio.run(ensure_topics(settings.kafka_bootstrap, specs, security=kafka_client_options()))
+        except (TopicAdminError, ValueError) as exc:
+            raise SystemExit(f"tracehouse migrate: {exc}") from None
+        created = ", ".join(topics.created) or "none (all exist)"
+        print(
+            f"kafka {settings.kafka_bootstrap}: topics {', '.join(s.name for s in specs)} "
+            f"({settings.spans_partitions} partitions for spans and traces); created: {created}"
+        )
     try:
         if args.cluster:
             run = migrate_cluster(
@@ -90,7 +104,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _need("pipeline", "faust")
     from tracehouse.pipeline.worker import run_worker
 
-    return run_worker(_settings(args), verbose=args.verbose)
+    settings = _settings(args)
+    health = {"worker_health_host": args.health_host, "worker_health_port": args.health_port}
+    settings = replace(settings, **{k: v for k, v in health.items() if v is not None})
+    return run_worker(settings, verbose=args.verbose)
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
@@ -100,8 +117,11 @@ def cmd_sink(args: argparse.Namespace) -> int:
     metrics_port = args.metrics_port
     if metrics_port is None:
         metrics_port = int(os.environ.get("TRACEHOUSE_SINK_METRICS_PORT") or 0)
+    settings = _settings(args)
+    health = {"sink_health_host": args.health_host, "sink_health_port": args.health_port}
+    settings = replace(settings, **{k: v for k, v in health.items() if v is not None})
     return run_sink(
-        _settings(args),
+        settings,
         batch_rows=args.batch_rows,
         flush_interval_s=args.flush_interval,
         insert_lanes=args.insert_lanes,
@@ -205,7 +225,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "receiver": ("run the OTLP/HTTP receiver (POST /v1/traces, protobuf and JSON)", cmd_receiver),
     "clickhouse": ("serve the embedded ClickHouse engine over ClickHouse's HTTP interface", cmd_clickhouse),
     "kafka": ("run a real Apache Kafka broker (KRaft) locally; needs Java 17", cmd_kafka),
-    "migrate": ("create or upgrade the ClickHouse schema (idempotent)", cmd_migrate),
+    "migrate": ("create the Kafka topics and create or upgrade the ClickHouse schema (idempotent)", cmd_migrate),
     "loadgen": ("send realistic LLM traces at a chosen rate (RAG, agents, chat sessions)", cmd_loadgen),
     "sql": ("run one SQL statement against ClickHouse and print the result", cmd_sql),
     "query": ("run a named query (the six questions); --list shows them, --sql prints one", cmd_query),
@@ -246,9 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parsers["clickhouse"].add_argument("--host", help="address to bind (default: from the ClickHouse URL)")
     parsers["clickhouse"].add_argument("--port", type=int, help="port (default: from the ClickHouse URL)")
-    parsers["clickhouse"].add_argument(
-        "--path", type=Path, help="data directory (default: DATA_DIR/clickhouse)"
-    )
+    parsers["clickhouse"].add_argument("--path", type=Path, help="data directory (default: DATA_DIR/clickhouse)")
     parsers["receiver"].add_argument("--host", help="address to bind [TRACEHOUSE_RECEIVER_HOST, 127.0.0.1]")
     parsers["receiver"].add_argument("--port", type=int, help="port [TRACEHOUSE_RECEIVER_PORT, 4318]")
     parsers["receiver"].add_argument(
@@ -262,10 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["kafka"].add_argument("--fetch-only", action="store_true", help="only fetch the broker's jars")
     parsers["migrate"].add_argument("--ttl-days", type=int, default=None, help="keep spans this many days")
     parsers["migrate"].add_argument(
+        "--skip-topics", action="store_true", help="only the ClickHouse schema (your platform manages the topics)"
+    )
+    parsers["migrate"].add_argument(
         "--cluster",
         metavar="NAME",
         help="ClickHouse cluster: ON CLUSTER DDL, Replicated *_local tables under Distributed tables",
     )
+    for name in ("worker", "sink"):
+        upper = name.upper()
+        parsers[name].add_argument(
+            "--health-host", help=f"address of the health endpoints [TRACEHOUSE_{upper}_HEALTH_HOST, 127.0.0.1]"
+        )
+        parsers[name].add_argument(
+            "--health-port",
+            type=int,
+            help=f"port of /health/live and /health/ready, 0 for none [TRACEHOUSE_{upper}_HEALTH_PORT, "
+            f"{DEFAULT_WORKER_HEALTH_PORT if name == 'worker' else DEFAULT_SINK_HEALTH_PORT}]",
+        )
     parsers["sink"].add_argument("--batch-rows", type=int, default=50_000)
     parsers["sink"].add_argument("--flush-interval", type=float, default=1.0, help="seconds")
     parsers["sink"].add_argument(
@@ -278,9 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics here [TRACEHOUSE_SINK_METRICS_PORT]"
     )
     for name in ("up", "demo"):
-        parsers[name].add_argument(
-            "--partitions", type=int, default=None, help="partitions of tracehouse.spans"
-        )
+        parsers[name].add_argument("--partitions", type=int, default=None, help="partitions of tracehouse.spans")
     parsers["demo"].add_argument("--spans", type=int, default=5000, help="how many spans to send")
     parsers["demo"].add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     parsers["sql"].add_argument("sql", help="the statement")
@@ -333,6 +363,29 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last resort: one line and what to run, not a traceback
+        if args.verbose:
+            raise
+        print(f"tracehouse {args.command}: {one_line_error(exc)}", file=sys.stderr)
+        return 1
+
+
+def one_line_error(exc: BaseException) -> str:
+    """The first line of an error, with the command that most likely fixes it (`-v` shows the traceback)."""
+    text = " ".join(str(exc).strip().splitlines()[:1]) or type(exc).__name__
+    if len(text) > 300:
+        text = text[:299] + "…"
+    lowered = str(exc).lower()
+    if "unknown_database" in lowered or "unknown_table" in lowered or "doesn't exist" in lowered:
+        hint = "the schema is missing: run `tracehouse migrate` (or `tracehouse up`, which runs it)"
+    elif isinstance(exc, (ConnectionError, TimeoutError)) or any(
+        marker in lowered for marker in ("connection refused", "failed to establish", "unable to bootstrap",
+                                         "kafkaconnectionerror", "name or service not known", "while starting on")
+    ):  # fmt: skip
+        hint = "nothing answers there: start the stack with `tracehouse up` (or check --kafka / --clickhouse)"
+    else:
+        hint = "run again with -v for the traceback"
+    return f"{type(exc).__name__}: {text} ({hint})"
 
 
 if __name__ == "__main__":

@@ -12,10 +12,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from tracehouse.core.secrets import clickhouse_password, clickhouse_tls_options
+from tracehouse.core.topics import TopicSpec, topic_specs
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_CLICKHOUSE_URL = "http://127.0.0.1:8123"
 DEFAULT_DATA_DIR = "./.tracehouse"
+# Users (passwords as SHA-256, readonly levels) of the embedded ClickHouse server, a TOML file; unset: any
+# user. Read by `tracehouse clickhouse` (infra/clickhouse_access.py describes the file).
+CLICKHOUSE_USERS_FILE_ENV = "TRACEHOUSE_CLICKHOUSE_USERS_FILE"
+# Health endpoints (`GET /health/live`, `/health/ready`) of the worker and the sink; 0 turns them off.
+# Clear of the receiver (4318), the web UI (8787), ClickHouse (8123) and the sink's metrics (9464).
+DEFAULT_WORKER_HEALTH_PORT = 9465
+DEFAULT_SINK_HEALTH_PORT = 9466
+DEFAULT_HEALTH_HOST = "127.0.0.1"
 
 
 def _env(name: str, default: str) -> str:
@@ -83,6 +92,12 @@ class Settings:
     spans_partitions: int = 4
     worker_group: str = "tracehouse-worker"  # Faust app id = Kafka consumer group of the workers
     sink_group: str = "tracehouse-sink"
+    # Replication of the topics `migrate` creates and of the worker's own (changelogs, partials): 3 in production.
+    topic_replication_factor: int = 1
+    worker_health_host: str = DEFAULT_HEALTH_HOST
+    worker_health_port: int = DEFAULT_WORKER_HEALTH_PORT
+    sink_health_host: str = DEFAULT_HEALTH_HOST
+    sink_health_port: int = DEFAULT_SINK_HEALTH_PORT
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -97,6 +112,11 @@ class Settings:
             spans_partitions=int(_env("TRACEHOUSE_SPANS_PARTITIONS", "4")),
             worker_group=_env("TRACEHOUSE_WORKER_GROUP", "tracehouse-worker"),
             sink_group=_env("TRACEHOUSE_SINK_GROUP", "tracehouse-sink"),
+            topic_replication_factor=int(_env("TRACEHOUSE_TOPIC_REPLICATION_FACTOR", "1")),
+            worker_health_host=_env("TRACEHOUSE_WORKER_HEALTH_HOST", DEFAULT_HEALTH_HOST),
+            worker_health_port=int(_env("TRACEHOUSE_WORKER_HEALTH_PORT", str(DEFAULT_WORKER_HEALTH_PORT))),
+            sink_health_host=_env("TRACEHOUSE_SINK_HEALTH_HOST", DEFAULT_HEALTH_HOST),
+            sink_health_port=int(_env("TRACEHOUSE_SINK_HEALTH_PORT", str(DEFAULT_SINK_HEALTH_PORT))),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
@@ -111,6 +131,10 @@ class Settings:
             password=self.clickhouse_password,
             database=self.clickhouse_database,
         )
+
+    def topic_specs(self) -> tuple[TopicSpec, ...]:
+        """The pipeline's topics as `migrate` creates them, from these settings."""
+        return topic_specs(self.spans_partitions, self.topic_replication_factor)
 
     @property
     def clickhouse_data_dir(self) -> Path:

@@ -19,7 +19,6 @@ Command line (backs `tracehouse kafka`):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import atexit
 import base64
 import contextlib
@@ -33,13 +32,15 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+# Topic administration lives in core (the CLI, the stack and the tests use it against any Kafka); the
+# names stay importable from here for the benchmarks and tests that start a broker and make topics on it.
+from tracehouse.core.topic_admin import create_topics, ensure_topics  # noqa: F401
 from tracehouse.infra.ports import free_port
 
 POM_PATH = Path(__file__).resolve().parent / "kafka" / "pom.xml"
@@ -566,79 +567,6 @@ class KafkaBroker:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"KafkaBroker({self.data_dir}, port={self.port}, {state})"
-
-
-# --------------------------------------------------------------------------------------- topics
-
-
-async def ensure_topics(
-    bootstrap: str, topics: Mapping[str, int], *, replication_factor: int = 1, timeout: float = 30.0
-) -> None:
-    """Create each topic with the given partition count unless it exists, then wait until every partition
-    has a leader (so a producer right after this does not hit UNKNOWN_TOPIC errors).
-
-    Idempotent: an existing topic is left alone, even with a different partition count, because
-    repartitioning a live topic breaks key ordering and should be a deliberate act.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError, for_code
-
-    if not topics:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
-    await admin.start()
-    try:
-        new = [NewTopic(name, partitions, replication_factor) for name, partitions in topics.items()]
-        response = await admin.create_topics(new, timeout_ms=int(timeout * 1000))
-        for topic_error in response.topic_errors:
-            name, code = topic_error[0], topic_error[1]
-            message = topic_error[2] if len(topic_error) > 2 else None
-            if code == 0 or code == TopicAlreadyExistsError.errno:
-                continue
-            raise KafkaBrokerError(
-                f"creating topic {name!r} failed: {for_code(code).__name__} {message or ''}"
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            described = await admin.describe_topics(list(topics))
-            ready = {
-                t["topic"]
-                for t in described
-                if t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
-            }
-            if ready >= set(topics):
-                return
-            if time.monotonic() > deadline:
-                raise KafkaBrokerError(
-                    f"topics {sorted(set(topics) - ready)} have no leaders after {timeout}s"
-                )
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-
-
-def create_topics(bootstrap: str, topics: Mapping[str, int], *, replication_factor: int = 1) -> None:
-    """Synchronous `ensure_topics`. Safe to call from inside a running event loop (it then runs the
-    coroutine on a helper thread and blocks), so fixtures and CLI code need not care which they are in."""
-    coro_factory = lambda: ensure_topics(bootstrap, topics, replication_factor=replication_factor)  # noqa: E731
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(coro_factory())
-        return
-    errors: list[BaseException] = []
-
-    def runner() -> None:
-        try:
-            asyncio.run(coro_factory())
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=runner, name="tracehouse-create-topics")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 # ------------------------------------------------------------------------------------------ CLI

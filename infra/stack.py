@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tracehouse.core import topics
 from tracehouse.core.config import Settings
+from tracehouse.core.kafka_security import kafka_client_options
+from tracehouse.core.topic_admin import TopicAdminError, ensure_topics
 from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse, ensure_clickhouse
-from tracehouse.infra.kafka_broker import ensure_topics, kafka_answers
+from tracehouse.infra.kafka_broker import kafka_answers
 from tracehouse.infra.noida_broker import NoidaKafka
 from tracehouse.infra.processes import ManagedProcess
 
@@ -68,7 +69,11 @@ class LocalStack:
             self.started.append(f"Kafka (noida-db) at {self.kafka.bootstrap}")
             self.settings = settings = replace(settings, kafka_bootstrap=self.kafka.bootstrap)
         partitions = self.partitions or settings.spans_partitions
-        asyncio.run(self._prepare(partitions))
+        try:
+            asyncio.run(self._prepare(partitions))
+        except TopicAdminError as exc:  # e.g. existing topics with another partition count: say what to do
+            self.stop()
+            raise SystemExit(f"tracehouse: {exc}") from None
         env = self.child_env()
         if self.with_worker:
             self.worker = ManagedProcess("worker", ["worker"], self.log_dir, env).start()
@@ -88,16 +93,8 @@ class LocalStack:
     async def _prepare(self, partitions: int) -> None:
         from tracehouse.sinks.migrate import migrate
 
-        await ensure_topics(
-            self.settings.kafka_bootstrap,
-            {
-                topics.SPANS: partitions,
-                topics.TRACES: partitions,
-                topics.ROLLUPS: 1,
-                topics.ALERTS: 1,
-                topics.DLQ: 1,
-            },
-        )
+        specs = replace(self.settings, spans_partitions=partitions).topic_specs()
+        await ensure_topics(self.settings.kafka_bootstrap, specs, security=kafka_client_options())
         await migrate(self.settings.clickhouse)
 
     def child_env(self) -> dict[str, str]:

@@ -12,7 +12,6 @@ plain-Python processors.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import faust
@@ -52,7 +51,7 @@ def create_app(
         "store": "memory://",
         "topic_partitions": settings.spans_partitions,
         # Replication of the worker's own topics (state changelogs, rollup partials): 3 in production.
-        "topic_replication_factor": int(os.environ.get("TRACEHOUSE_TOPIC_REPLICATION_FACTOR") or 1),
+        "topic_replication_factor": settings.topic_replication_factor,
         "web_enabled": False,
         "producer_compression_type": "lz4",
         "producer_max_request_size": 16 * 1024 * 1024,

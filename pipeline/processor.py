@@ -28,6 +28,7 @@ from tracehouse.core.schema import (
     encode_dead_letter,
     encode_traces,
 )
+from tracehouse.core.timestamps import split_by_time, time_window
 from tracehouse.pipeline.assembly import TraceAssembler
 from tracehouse.pipeline.checkpoint import (
     HeldEvents,
@@ -94,6 +95,7 @@ class ProcessorStats:
     traces: int = 0
     replayed: int = 0
     checkpoints: int = 0
+    refused_times: int = 0  # spans left out for their times; the sink dead-letters them
 
 
 class _Partition:
@@ -176,10 +178,17 @@ class SpanProcessor:
         message = event.message
         partition, offset, value = message.partition, message.offset, message.value
         state = self._partition(partition, self.table, offset)
-        await self.on_message(state, offset, value)
+        stamp = message.timestamp  # seconds (Faust); absent or -1 on records without one
+        await self.on_message(state, offset, value, round(stamp * 1e9) if stamp and stamp > 0 else None)
         self.held.hold(partition, offset, event)
 
-    async def on_message(self, state: _Partition, offset: int, value: bytes | None) -> None:
+    async def on_message(
+        self, state: _Partition, offset: int, value: bytes | None, received_ns: int | None = None
+    ) -> None:
+        """Assemble and window one Kafka message's spans. `received_ns` is the record's Kafka timestamp:
+        spans whose times the sink would refuse (`core/timestamps.py`) are left out here too, so a span
+        from the year 2250 neither bends its trace nor opens a window two centuries ahead. They are not
+        dead-lettered here: the sink does that, once, for the same record."""
         self.stats.messages += 1
         state.next_offset = offset + 1
         if value is None:
@@ -191,6 +200,9 @@ class SpanProcessor:
             return
         for bad in rejected:
             await self._dead_letter(bad.reason, bad.payload, state.partition, offset)
+        if received_ns is not None:
+            spans, refused = split_by_time(spans, time_window(received_ns))
+            self.stats.refused_times += len(refused)
         assembler = state.assembler
         to_windows = offset >= state.window_floor
         if not to_windows:

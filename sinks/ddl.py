@@ -12,6 +12,7 @@ span a producer sent twice (a retry after a lost acknowledgement) collapses into
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -351,3 +352,11 @@ def render(statement: str, database: str, ttl_days: int | None, rollup_ttl_days:
         ttl_minutely=ttl_minutely,
     )
 
+
+_TTL_DAYS = re.compile(r"TTL toDate\(start_time\) \+ toIntervalDay\((\d+)\)")
+
+
+def ttl_days(engine_full: str) -> int | None:
+    """The retention `render` wrote into a table, read back from `system.tables.engine_full` (None: none)."""
+    match = _TTL_DAYS.search(engine_full)
+    return int(match.group(1)) if match else None

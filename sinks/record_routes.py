@@ -3,6 +3,8 @@ redelivered record replaces its twin)."""
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 
 from tracehouse.core import topics
@@ -10,7 +12,7 @@ from tracehouse.core.schema import SchemaError
 from tracehouse.pipeline.alerts import Alert
 from tracehouse.pipeline.outputs import decode_alerts, decode_rollups
 from tracehouse.pipeline.rollups import Rollup
-from tracehouse.sinks.routes import Decoded, Route
+from tracehouse.sinks.routes import Decoded, Rejected, Route
 
 
 class AlertRow(msgspec.Struct):
@@ -37,22 +39,34 @@ def alert_row(a: Alert) -> AlertRow:
     )
 
 
+def _month_of(row: msgspec.Struct) -> int:
+    """`toYYYYMM(fired_at)` as a number (UTC): the partition of an alert."""
+    when = time.gmtime(int(row.fired_at.partition(".")[0]))  # type: ignore[attr-defined]
+    return when.tm_year * 12 + when.tm_mon
+
+
 def rollups_route() -> Route:
-    def decode(value: bytes, partition: int, offset: int) -> Decoded:
+    def decode(value: bytes, partition: int, offset: int, received_ns: int) -> Decoded:
         try:
             rows: list[msgspec.Struct] = list(decode_rollups(value))
             return rows, []
         except SchemaError as exc:
-            return [], [(exc.reason, value)]
+            return [], [Rejected(exc.reason, value)]
 
-    return Route(topics.ROLLUPS, "rollups", Rollup.__struct_fields__, decode)
+    return Route(
+        topics.ROLLUPS,
+        "rollups",
+        Rollup.__struct_fields__,
+        decode,
+        partition_key=lambda row: row.window_start // 86_400,  # type: ignore[attr-defined]
+    )
 
 
 def alerts_route() -> Route:
-    def decode(value: bytes, partition: int, offset: int) -> Decoded:
+    def decode(value: bytes, partition: int, offset: int, received_ns: int) -> Decoded:
         try:
             return [alert_row(a) for a in decode_alerts(value)], []
         except SchemaError as exc:
-            return [], [(exc.reason, value)]
+            return [], [Rejected(exc.reason, value)]
 
-    return Route(topics.ALERTS, "alerts", AlertRow.__struct_fields__, decode)
+    return Route(topics.ALERTS, "alerts", AlertRow.__struct_fields__, decode, partition_key=_month_of)

@@ -7,6 +7,7 @@ import logging
 import signal
 
 from tracehouse.core.config import Settings
+from tracehouse.core.health import HealthServer
 from tracehouse.core.secrets import redact
 from tracehouse.sinks.sink import Sink, SinkOptions
 
@@ -19,10 +20,15 @@ async def _main(settings: Settings, options: SinkOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sink = Sink(settings, options)
+    health = HealthServer("sink", sink.readiness, settings.sink_health_host, settings.sink_health_port)
+    await health.start()  # first: a supervisor sees the sink live while it waits for topics or ClickHouse
     log.info(
         "tracehouse sink started (kafka %s, clickhouse %s)", settings.kafka_bootstrap, redact(settings.clickhouse_url)
     )
-    await sink.run(stop)
+    try:
+        await sink.run(stop)
+    finally:
+        await health.stop()
     log.info("tracehouse sink stopped after %d rows", sink.stats.rows)
 
 

@@ -9,7 +9,14 @@ The rules, each for a failure users of other tools have hit:
   rebalance) the sink seeks past what ClickHouse already holds, so a batch inserted but not yet committed
   is not inserted twice: each span lands exactly once.
 - A row ClickHouse rejects for its content is found by splitting the batch and goes to `tracehouse.dlq`
-  with the reason; the rest of the batch lands.
+  with the reason; the rest of the batch lands. Every other failure is classified too (sinks/errors.py):
+  transient ones are retried with backoff while Kafka holds the data, configuration ones wait for an
+  operator with a loud error naming the fix, and an unclassified one is retried a bounded number of times
+  and then split like bad content, so one poison batch cannot hold its partitions forever.
+- No insert touches more partitions than the server allows in one block (`max_partitions_per_insert_block`,
+  read from it): a batch over the limit is cut by partition, in an order that keeps the exactly-once
+  argument above (sinks/insert_blocks.py). Spans (and traces) whose time is outside what is stored, far in
+  the future or older than the table's TTL (core/timestamps.py), go to `tracehouse.dlq` with the reason.
 - Under a backlog, inserts run concurrently in lanes, and each lane reads and encodes its next batch
   while its last one is being inserted: the sink's CPU (decode, rows, encode) and ClickHouse's (parse,
   write) overlap instead of taking turns, and ClickHouse parses two inserts on two cores (one insert is
@@ -38,6 +45,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from clickhouse_connect.driver.asyncclient import AsyncClient
@@ -47,10 +55,13 @@ from tracehouse.core.config import Settings
 from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.pricing import PriceTable
 from tracehouse.core.schema import DeadLetter, encode_dead_letter
+from tracehouse.core.topic_admin import wait_for_topics
 from tracehouse.sinks.clickhouse import async_client
-from tracehouse.sinks.errors import is_content_error
+from tracehouse.sinks.ddl import ttl_days
+from tracehouse.sinks.errors import ErrorKind, classify, fix_for
+from tracehouse.sinks.insert_blocks import Piece, split_by_partition
 from tracehouse.sinks.metrics import MetricsServer, Sample
-from tracehouse.sinks.routes import Route, default_routes
+from tracehouse.sinks.routes import Retention, Route, default_routes
 from tracehouse.sinks.rows import encode_rows, readable_row
 
 log = logging.getLogger("tracehouse.sink")
@@ -62,6 +73,11 @@ FETCH_RECORDS = 500  # Kafka messages per fetch; a fetch this full means there i
 # rest of the insert. The sink stores each Kafka offset once, so the only duplicates are spans a producer
 # sent twice, and those collapse on merge (queries that must be exact use FINAL) either way.
 INSERT_SETTINGS: dict[str, dict[str, object]] = {"spans": {"optimize_on_insert": 0}}
+
+DEFAULT_PARTITION_LIMIT = 100  # ClickHouse's default max_partitions_per_insert_block, until the server says
+SERVER_FACTS_EVERY_S = 60.0  # how often the partition limit, time zone and TTL are read again
+UNKNOWN_ERROR_ATTEMPTS = 6  # an unclassified failure is retried this often, then treated as bad content
+CONFIG_ERROR_LOG_EVERY_S = 60.0  # a configuration error is logged loudly at most this often
 
 METRICS_HELP = {
     "tracehouse_sink_rows_total": "Rows inserted into ClickHouse and committed in Kafka.",
@@ -112,6 +128,7 @@ class SinkStats:
     retries: int = 0
     dead_letters: int = 0
     invalid: int = 0  # records that failed validation (the worker dead-letters them)
+    refused: int = 0  # spans and traces refused for their time (core.timestamps), dead-lettered by the sink
     last_batch_rows: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -132,6 +149,10 @@ class _Buffer:
     counts: list[int] = field(default_factory=list)  # rows per chunk
     # (partition, offset) of each chunk: for dead-lettering, and to drop the rows of revoked partitions
     origins: list[tuple[int, int]] = field(default_factory=list)
+    # The table partition of each chunk's rows (a message touching several is encoded as one chunk per
+    # partition), and the distinct ones: an insert must stay within the server's partition limit.
+    keys: list[int] = field(default_factory=list)
+    key_set: set[int] = field(default_factory=set)
 
 
 class _Pending:
@@ -151,6 +172,8 @@ class _Pending:
             buffer.chunks.extend(theirs.chunks)
             buffer.counts.extend(theirs.counts)
             buffer.origins.extend(theirs.origins)
+            buffer.keys.extend(theirs.keys)
+            buffer.key_set |= theirs.key_set
         self.next_offsets.update(other.next_offsets)
         self.bytes += other.bytes
         self.rows += other.rows
@@ -179,6 +202,7 @@ class _SeekPastStored(ConsumerRebalanceListener):
         self.sink = sink
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.sink._assigned = False  # not ready during a rebalance
         # Let the batch being inserted land and commit while we still own its partitions; the next owner
         # then resumes after it (by the committed offset or by `ingest_offsets`).
         await self.sink._settle_all()
@@ -186,6 +210,7 @@ class _SeekPastStored(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         await self.sink._seek_past_stored(assigned)
+        self.sink._assigned = True
 
 
 class Sink:
@@ -201,7 +226,9 @@ class Sink:
     ) -> None:
         self.settings = settings
         self.options = options or SinkOptions()
-        self.routes = routes or default_routes(prices)
+        # The `spans` TTL, read from ClickHouse (core.timestamps refuses spans older than it)
+        self.retention = Retention()
+        self.routes = routes or default_routes(prices, self.retention)
         self.stats = SinkStats()
         self.on_flush = on_flush
         self.database = settings.clickhouse.database
@@ -220,15 +247,37 @@ class Sink:
         self._final = False  # the final flush is under way: give up on the first failed retry
         fault = os.environ.get("TRACEHOUSE_FAULT_EXIT_BEFORE_COMMIT")
         self._exit_before_commit = int(fault) if fault else None
+        # What the server allows per insert block (read from it; lowered if it refuses a block anyway), and
+        # whether its time zone is UTC: partition keys are UTC days and months, and a local day or month
+        # overlaps two of them, so under another zone an insert may hold only half as many.
+        self._partition_limit = DEFAULT_PARTITION_LIMIT
+        self._server_utc = False
+        self._facts_due = 0.0
+        self._config_logged: dict[str, float] = {}  # fix -> when it was last logged
+        # What `readiness()` reports (the health endpoints): set as startup and rebalances progress.
+        self._stop: asyncio.Event | None = None
+        self._waiting_for = "Kafka topics"  # what startup waits for; "" once consuming
+        self._assigned = False  # partitions assigned and positioned since the last revocation
 
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then flush what is pending and commit."""
+        """Consume until `stop` is set, then flush what is pending and commit.
+
+        Started before `tracehouse migrate` created the topics, it waits for them (one light metadata
+        request a second) and subscribes once they exist: aiokafka would otherwise notice them only at
+        its next metadata refresh, minutes later."""
+        self._stop = stop
+        security = kafka_client_options()
+        self._waiting_for = "Kafka topics"
+        names = [r.topic for r in self.routes]
+        if not await wait_for_topics(self.settings.kafka_bootstrap, names, who="sink", security=security, stop=stop):
+            return
+        self._waiting_for = "ClickHouse"
         self._client = await self._connect_clickhouse(stop)
         if self._client is None:
             return
-        security = kafka_client_options()
+        self._waiting_for = ""
         self._dlq = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, linger_ms=5, **security)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
@@ -259,7 +308,7 @@ class Sink:
                 for tp, messages in batch.items():
                     lane = self._lane(tp)
                     for message in messages:
-                        await self._add(tp, message.offset, message.value)
+                        await self._add(tp, message.offset, message.value, message.timestamp)
                         if self._full(lane):  # a message carries hundreds of rows: check after each
                             await self._flush(lane, stop)
                 if self._due():
@@ -280,21 +329,45 @@ class Sink:
             await self._client.close()
 
     async def _connect_clickhouse(self, stop: asyncio.Event) -> AsyncClient | None:
+        """Connect, waiting as long as it takes (ClickHouse down, or its database not made by `migrate` yet).
+
+        Said once, then retried at most every 2 s: a sink started before `migrate` starts soon after it."""
         delay = self.options.retry_initial_s
+        failed = False
         while not stop.is_set():
             try:
-                return await async_client(self.settings.clickhouse)
-            except Exception as exc:  # connection refused, DNS, auth: wait and say so
-                log.warning(
-                    "ClickHouse at %s not reachable (%s); retrying", self.settings.clickhouse_url, exc
-                )
+                client = await async_client(self.settings.clickhouse)
+            except Exception as exc:  # connection refused, DNS, auth, no database yet: wait and say so
+                if not failed:
+                    log.warning(
+                        "ClickHouse at %s not ready (%s); retrying until it is", self.settings.clickhouse_url, exc
+                    )
+                failed = True
                 await self._sleep(stop, delay)
-                delay = min(delay * 2, self.options.retry_max_s)
+                delay = min(delay * 2, self.options.retry_max_s, 2.0)
+            else:
+                if failed:
+                    log.info("ClickHouse at %s ready", self.settings.clickhouse_url)
+                return client
         return None
+
+    def readiness(self) -> tuple[bool, str, dict[str, object]]:
+        """Ready once the sink consumes its assigned partitions (for `/health/ready`)."""
+        assigned = len(self._consumer.assignment()) if self._consumer is not None else 0
+        details: dict[str, object] = {"partitions": assigned}
+        if self._stop is not None and self._stop.is_set():
+            return False, "stopping", details
+        if self._waiting_for:
+            return False, f"waiting for {self._waiting_for}", details
+        if not self._assigned:
+            return False, "waiting for partition assignment", details
+        return True, "", details
 
     # ---- reading ----------------------------------------------------------------------------
 
-    async def _add(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
+    async def _add(
+        self, tp: TopicPartition, offset: int, value: bytes | None, timestamp_ms: int | None = None
+    ) -> None:
         if offset < self._floor.get(tp, 0):
             # Already stored (below the resume point), or already read in this assignment: a fetch that
             # raced the seek on assignment hands such messages over once more. Never insert them twice.
@@ -307,21 +380,73 @@ class Sink:
         self._read[tp] = offset + 1
         if value is None:
             return
+        if time.monotonic() >= self._facts_due:
+            await self._read_server_facts()
         buffer = pending.buffers[tp.topic]
-        rows, rejected = buffer.route.decode(value, tp.partition, offset)
+        # The record's time is the reference for core.timestamps (the worker reads the same record)
+        received_ns = timestamp_ms * 1_000_000 if timestamp_ms and timestamp_ms > 0 else time.time_ns()
+        rows, rejected = buffer.route.decode(value, tp.partition, offset, received_ns)
         if rejected:
-            self.stats.invalid += len(rejected)
-            if self.options.dead_letter_invalid or tp.topic != topics.SPANS:
-                for reason, payload in rejected:
-                    await self._dead_letter(reason, "decode", payload, tp, offset)
+            letters = []
+            for bad in rejected:
+                if bad.refused:  # valid, but its time is outside what is stored: only the sink knows the TTL
+                    self.stats.refused += 1
+                    letters.append(self._dead_letter(bad.reason, "sink", bad.payload, tp, offset))
+                    continue
+                self.stats.invalid += 1
+                if self.options.dead_letter_invalid or tp.topic != topics.SPANS:
+                    letters.append(self._dead_letter(bad.reason, "decode", bad.payload, tp, offset))
+            await asyncio.gather(*letters)  # concurrently: the producer sends them in a few requests
         if not rows:
             return
+        route = buffer.route
+        key_of = route.partition_key
+        if route.partition_keys is not None:
+            keys = route.partition_keys(rows)
+        else:
+            keys = {key_of(row) for row in rows} if key_of is not None else {0}
+        if len(keys) == 1:  # the common case: the message's rows are in one partition, one chunk
+            self._append(pending, buffer, rows, (tp.partition, offset), keys.pop())
+        else:  # one chunk per partition, so that an insert can be cut by partition
+            assert key_of is not None
+            by_key: dict[int, list[msgspec.Struct]] = {}
+            for row in rows:
+                by_key.setdefault(key_of(row), []).append(row)
+            for key, group in by_key.items():
+                self._append(pending, buffer, group, (tp.partition, offset), key)
+        pending.rows += len(rows)
+
+    @staticmethod
+    def _append(
+        pending: _Pending, buffer: _Buffer, rows: list[msgspec.Struct], origin: tuple[int, int], key: int
+    ) -> None:
         encoded = encode_rows(rows)
         buffer.chunks.append(encoded)
         buffer.counts.append(len(rows))
-        buffer.origins.append((tp.partition, offset))
-        pending.rows += len(rows)
+        buffer.origins.append(origin)
+        buffer.keys.append(key)
+        buffer.key_set.add(key)
         pending.bytes += len(encoded)
+
+    async def _read_server_facts(self) -> None:
+        """Read what the server allows per insert block, its time zone and the `spans` TTL (every minute:
+        an operator may change them). On failure keep what is known; the insert path says what is wrong."""
+        self._facts_due = time.monotonic() + SERVER_FACTS_EVERY_S
+        if self._client is None:
+            return
+        try:
+            result = await self._client.query(
+                "SELECT toUInt64(getSetting('max_partitions_per_insert_block')), timezone(),"
+                " (SELECT any(engine_full) FROM system.tables WHERE database = {db:String} AND name = 'spans')",
+                parameters={"db": self.database},
+            )
+        except Exception as exc:
+            log.info("cannot read the server's insert limits yet (%s); assuming the defaults", exc)
+            return
+        limit, zone, engine = result.result_rows[0]
+        self._partition_limit = int(limit) or 1_000_000  # 0: unlimited
+        self._server_utc = zone in ("UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Universal", "Zulu")
+        self.retention.days = ttl_days(engine or "")
 
     def _lane(self, tp: TopicPartition) -> _Lane:
         return self._lanes[tp.partition % len(self._lanes)]
@@ -445,40 +570,128 @@ class Sink:
             log.info("offset commit skipped (%s); stored offsets protect against duplicates", exc)
 
     async def _insert_all(self, buffer: _Buffer, stop: asyncio.Event) -> bool:
-        """Insert a table's rows, retrying transient failures; content failures are split out to the DLQ."""
+        """Insert a table's rows; what happens on a failure depends on its family (sinks/errors.py).
+
+        The rows go as one insert unless they touch more partitions than the server takes in one block;
+        then as consecutive inserts cut by partition (sinks/insert_blocks.py), resumed where they stopped
+        after a failure, so a stored piece is not stored again."""
+        route = buffer.route
+        whole = Piece(buffer.chunks, buffer.counts, buffer.origins, buffer.keys)
+        pieces = [whole] if len(buffer.key_set) <= self._block_limit() else self._cut(whole, route)
         delay = self.options.retry_initial_s
-        attempts = 0
-        while True:
+        attempts = unknown = 0
+        while pieces:
+            piece = pieces[0]
             try:
-                await self._insert_splitting(buffer.route, buffer.chunks, buffer.counts, buffer.origins)
-                return True
+                await self._insert_splitting(
+                    route, piece.chunks, piece.counts, piece.origins, unknown >= UNKNOWN_ERROR_ATTEMPTS
+                )
+                pieces.pop(0)
+                continue
             except Exception as exc:
+                kind = classify(exc)
+                rows = sum(piece.counts)
+                if kind is ErrorKind.PARTITIONS and len(set(piece.keys)) > 1:
+                    # The server holds a lower limit than it reported (a user profile, a changed setting)
+                    self._partition_limit = max(1, min(self._partition_limit, len(set(piece.keys))) // 2)
+                    log.warning(
+                        "ClickHouse refused an insert of %d rows into %s touching %d partitions (%s);"
+                        " cutting inserts to %d partitions",
+                        rows,
+                        route.table,
+                        len(set(piece.keys)),
+                        str(exc)[:200],
+                        self._block_limit(),
+                    )
+                    pieces[:1] = self._cut(piece, route)
+                    continue
                 attempts += 1
                 self.stats.retries += 1
-                rows = sum(buffer.counts)
                 if stop.is_set() and (self._final or attempts >= 3):
                     log.warning("stopping with %d rows not inserted (%s); Kafka keeps them", rows, exc)
                     return False
-                log.warning(
-                    "insert of %d rows into %s failed (%s: %s); retry %d in %.1fs",
-                    rows,
-                    buffer.route.table,
-                    type(exc).__name__,
-                    str(exc)[:200],
-                    attempts,
-                    delay,
-                )
+                if kind is ErrorKind.CONFIGURATION:
+                    self._log_configuration_error(route, exc)
+                elif kind is ErrorKind.UNKNOWN or kind is ErrorKind.PARTITIONS:
+                    unknown += 1
+                    log.warning(
+                        "insert of %d rows into %s failed with an unclassified error (%s: %s); attempt %d of %d,"
+                        " then its rows are split and what ClickHouse still refuses goes to %s",
+                        rows,
+                        route.table,
+                        type(exc).__name__,
+                        str(exc)[:300],
+                        unknown,
+                        UNKNOWN_ERROR_ATTEMPTS,
+                        topics.DLQ,
+                    )
+                    if unknown >= UNKNOWN_ERROR_ATTEMPTS:
+                        continue  # now split it like bad content, without waiting
+                else:
+                    log.warning(
+                        "insert of %d rows into %s failed (%s: %s); retry %d in %.1fs",
+                        rows,
+                        route.table,
+                        type(exc).__name__,
+                        str(exc)[:200],
+                        attempts,
+                        delay,
+                    )
                 await self._sleep(stop, delay * (0.5 + random.random()))
                 delay = min(delay * 2, self.options.retry_max_s)
+        return True
+
+    def _block_limit(self) -> int:
+        """Partitions one insert may touch, counted in UTC days or months (see `_partition_limit`)."""
+        return self._partition_limit if self._server_utc else max(1, self._partition_limit // 2)
+
+    def _cut(self, piece: Piece, route: Route) -> list[Piece]:
+        pieces = split_by_partition(piece, self._block_limit(), route.offsets_in_rows)
+        if len(pieces) > 1:
+            log.info(
+                "%d rows for %s touch %d partitions, more than one insert may (%d): %d inserts",
+                sum(piece.counts),
+                route.table,
+                len(set(piece.keys)),
+                self._block_limit(),
+                len(pieces),
+            )
+        return pieces
+
+    def _log_configuration_error(self, route: Route, exc: BaseException) -> None:
+        """Loud but rate-limited: the same fix at most once a minute, while Kafka keeps the data."""
+        fix = fix_for(exc)
+        now = time.monotonic()
+        if now - self._config_logged.get(fix, -CONFIG_ERROR_LOG_EVERY_S) < CONFIG_ERROR_LOG_EVERY_S:
+            return
+        self._config_logged[fix] = now
+        log.error(
+            "ClickHouse cannot store into %s.%s: %s. To fix: %s. The sink keeps retrying; nothing is lost"
+            " (Kafka holds the data) until the fix is made.",
+            self.database,
+            route.table,
+            str(exc)[:300],
+            fix,
+        )
 
     async def _insert_splitting(
-        self, route: Route, chunks: list[bytes], counts: list[int], origins: list[tuple[int, int]]
+        self,
+        route: Route,
+        chunks: list[bytes],
+        counts: list[int],
+        origins: list[tuple[int, int]],
+        unknown_as_content: bool = False,
     ) -> None:
-        """Insert the chunks; if ClickHouse rejects their content, halve until the bad rows are alone."""
+        """Insert the chunks; if ClickHouse rejects their content, halve until the bad rows are alone.
+
+        `unknown_as_content`: an unclassified error, retried enough, is handled the same way, so one
+        poison batch cannot hold its partitions forever."""
         try:
             await self._insert(route, chunks)
         except Exception as exc:
-            if not is_content_error(exc):
+            kind = classify(exc)
+            as_content = unknown_as_content and kind in (ErrorKind.UNKNOWN, ErrorKind.PARTITIONS)
+            if not (kind is ErrorKind.CONTENT or as_content):
                 raise
             if len(chunks) == 1 and counts[0] == 1:
                 await self._dead_letter(
@@ -496,8 +709,8 @@ class Sink:
                 counts = [1] * len(lines)
                 origins = origins * len(lines)
             half = len(chunks) // 2
-            await self._insert_splitting(route, chunks[:half], counts[:half], origins[:half])
-            await self._insert_splitting(route, chunks[half:], counts[half:], origins[half:])
+            await self._insert_splitting(route, chunks[:half], counts[:half], origins[:half], unknown_as_content)
+            await self._insert_splitting(route, chunks[half:], counts[half:], origins[half:], unknown_as_content)
 
     async def _insert(self, route: Route, chunks: list[bytes]) -> None:
         """One INSERT whose body streams the chunks (chunked HTTP): nothing is copied into one big body.
@@ -535,6 +748,8 @@ class Sink:
             buffer.chunks = [buffer.chunks[i] for i in kept]
             buffer.counts = [buffer.counts[i] for i in kept]
             buffer.origins = [buffer.origins[i] for i in kept]
+            buffer.keys = [buffer.keys[i] for i in kept]
+            buffer.key_set = set(buffer.keys)
         pending.rows = sum(sum(b.counts) for b in pending.buffers.values())
         pending.bytes = sum(len(c) for b in pending.buffers.values() for c in b.chunks)
         for tp in revoked:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tracehouse.core import topics
 from tracehouse.core.config import Settings
+from tracehouse.core.topic_admin import create_topics
+from tracehouse.core.topics import topic_specs
 from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse
-from tracehouse.infra.kafka_broker import KafkaBroker, create_topics
+from tracehouse.infra.kafka_broker import KafkaBroker
 
 SPANS_PARTITIONS = 4
 
@@ -34,16 +35,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), partitions=SPANS_PARTITIONS)
     broker.start()
     try:
-        create_topics(
-            broker.bootstrap,
-            {
-                topics.SPANS: SPANS_PARTITIONS,
-                topics.TRACES: SPANS_PARTITIONS,
-                topics.ROLLUPS: 1,
-                topics.ALERTS: 1,
-                topics.DLQ: 1,
-            },
-        )
+        create_topics(broker.bootstrap, topic_specs(SPANS_PARTITIONS))
         yield broker.bootstrap
     finally:
         broker.stop()

@@ -198,25 +198,22 @@ def env_names_used_by_deploy() -> dict[str, set[str]]:
 def test_compose_services_and_start_order() -> None:
     services = compose()["services"]
     assert set(services) == {
-        "kafka", "kafka-init", "clickhouse", "migrate", "receiver", "worker", "sink", "grafana",
+        "kafka", "clickhouse", "migrate", "receiver", "worker", "sink", "grafana",
     }  # fmt: skip
-    for name in ("kafka", "clickhouse", "receiver", "sink", "grafana"):
+    for name in ("kafka", "clickhouse", "receiver", "worker", "sink", "grafana"):
         assert "healthcheck" in services[name], name
 
     def needs(service: str) -> dict[str, str]:
         return {dep: spec["condition"] for dep, spec in services[service]["depends_on"].items()}
 
-    assert needs("kafka-init") == {"kafka": "service_healthy"}
-    assert needs("migrate") == {"clickhouse": "service_healthy"}
-    assert needs("receiver") == {"kafka-init": "service_completed_successfully"}
-    assert needs("worker") == {"kafka-init": "service_completed_successfully"}
-    assert needs("sink") == {
-        "kafka-init": "service_completed_successfully",
-        "migrate": "service_completed_successfully",
-    }
+    # `tracehouse migrate` makes the topics and the schema; no separate topics job.
+    assert needs("migrate") == {"kafka": "service_healthy", "clickhouse": "service_healthy"}
+    for name in ("receiver", "worker", "sink"):
+        assert needs(name) == {"migrate": "service_completed_successfully"}, name
     assert needs("grafana") == {"clickhouse": "service_healthy"}
     assert services["worker"]["deploy"]["replicas"] == 2
-    assert services["migrate"]["restart"] == "no" and services["kafka-init"]["restart"] == "no"
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["command"] == ["migrate"]
     for name, service in tracehouse_services().items():
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}, name
 
@@ -231,10 +228,59 @@ def test_compose_kafka_is_kraft_and_partitions_agree() -> None:
     assert env["TRACEHOUSE_KAFKA_BOOTSTRAP"] == "kafka:9092"
     default = re.fullmatch(r"\$\{TRACEHOUSE_SPANS_PARTITIONS:-(\d+)\}", env["TRACEHOUSE_SPANS_PARTITIONS"])
     assert default, "the worker's partition count must follow the same variable as the topic"
-    assert services["kafka-init"]["environment"]["PARTITIONS"] == env["TRACEHOUSE_SPANS_PARTITIONS"]
-    script = "\n".join(services["kafka-init"]["command"])
-    for topic in ("tracehouse.spans", "tracehouse.traces", "tracehouse.rollups", "tracehouse.alerts", "tracehouse.dlq"):
-        assert topic in script
+    assert services["migrate"]["environment"]["TRACEHOUSE_SPANS_PARTITIONS"] == env["TRACEHOUSE_SPANS_PARTITIONS"]
+    # Only migrate creates topics: a topic a client merely asked about never appears with the wrong count.
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert int(env["TRACEHOUSE_TOPIC_REPLICATION_FACTOR"]) == 1  # one broker
+
+
+def test_topics_are_declared_once_in_core_and_made_by_migrate() -> None:
+    """No deploy file scripts topic creation: every one runs `tracehouse migrate`, which creates the
+    topics from core/topics.py with the retention and message size the brokers are configured for."""
+    from tracehouse.core import topics
+
+    for path in [DEPLOY / "docker-compose.yml", *K8S.glob("*.yaml")]:
+        assert "kafka-topics.sh" not in path.read_text(), f"{path.name} creates topics itself"
+    specs = {spec.name: spec for spec in topics.topic_specs(12, 3)}
+    assert set(specs) == set(topics.ALL)
+    assert {name for name, spec in specs.items() if spec.partitions == 12 and spec.strict} == {
+        topics.SPANS,
+        topics.TRACES,
+    }
+    kafka = compose()["services"]["kafka"]["environment"]
+    for spec in specs.values():
+        assert spec.replication_factor == 3 and spec.configs["min.insync.replicas"] == "2"
+        assert int(spec.configs["max.message.bytes"]) == int(kafka["KAFKA_MESSAGE_MAX_BYTES"])
+        assert int(spec.configs["retention.ms"]) == int(kafka["KAFKA_LOG_RETENTION_HOURS"]) * 3600 * 1000
+    assert "min.insync.replicas" not in topics.topic_specs(4, 1)[0].configs
+    (job,) = k8s("Job", "tracehouse-migrate")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "migrate" and "--skip-topics" not in container["args"]
+    assert k8s_env()["TRACEHOUSE_TOPIC_REPLICATION_FACTOR"] == "3"
+
+
+def test_worker_and_sink_health_is_probed_where_it_is_served() -> None:
+    from tracehouse.core.config import DEFAULT_SINK_HEALTH_PORT, DEFAULT_WORKER_HEALTH_PORT
+    from tracehouse.producers.otlp.app import DEFAULT_PORT as RECEIVER_PORT
+    from tracehouse.web.app import DEFAULT_PORT as WEB_PORT
+
+    defaults = {"worker": DEFAULT_WORKER_HEALTH_PORT, "sink": DEFAULT_SINK_HEALTH_PORT}
+    assert len({*defaults.values(), RECEIVER_PORT, WEB_PORT, 8123, 9092, 9464}) == 7, "health ports clash"
+    services = compose()["services"]
+    env = k8s_env()
+    deployments = {d["metadata"]["name"]: d for d in k8s("Deployment")}
+    for name, default in defaults.items():
+        variable = f"TRACEHOUSE_{name.upper()}_HEALTH_PORT"
+        port = int(services[name]["environment"][variable])
+        assert port == default, name
+        assert f"127.0.0.1:{port}/health/ready" in " ".join(services[name]["healthcheck"]["test"]), name
+        assert int(env[variable]) == default, name
+        assert env[f"TRACEHOUSE_{name.upper()}_HEALTH_HOST"] == "0.0.0.0", name  # the kubelet probes the pod IP
+        (container,) = deployments[f"tracehouse-{name}"]["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["health"] == default, name
+        assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": "health"}, name
+        assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": "health"}, name
 
 
 # ---- images --------------------------------------------------------------------------------------
@@ -342,8 +388,7 @@ def test_ports_agree() -> None:
     assert "127.0.0.1:8123:8123" in services["clickhouse"]["ports"]
     assert parse_clickhouse_url(services["sink"]["environment"]["TRACEHOUSE_CLICKHOUSE_URL"]).port == 8123
     assert int(services["grafana"]["environment"]["CLICKHOUSE_PORT"]) == 8123
-    metrics = int(services["sink"]["environment"]["TRACEHOUSE_SINK_METRICS_PORT"])
-    assert f"127.0.0.1:{metrics}/health" in " ".join(services["sink"]["healthcheck"]["test"])
+    assert int(services["sink"]["environment"]["TRACEHOUSE_SINK_METRICS_PORT"]) == 9464
 
     env = k8s_env()
     assert env["TRACEHOUSE_RECEIVER_PORT"] == "4318"
@@ -359,7 +404,6 @@ def test_ports_agree() -> None:
     assert annotations["prometheus.io/port"] == env["TRACEHOUSE_SINK_METRICS_PORT"]
     (sink_container,) = sink["spec"]["template"]["spec"]["containers"]
     assert str(sink_container["ports"][0]["containerPort"]) == env["TRACEHOUSE_SINK_METRICS_PORT"]
-    assert f"127.0.0.1:{env['TRACEHOUSE_SINK_METRICS_PORT']}/health" in json.dumps(sink_container["livenessProbe"])
     target = parse_clickhouse_url(env["TRACEHOUSE_CLICKHOUSE_URL"])
     assert target.secure and target.port == 8443 and env["TRACEHOUSE_CLICKHOUSE_CA"]
 
@@ -375,7 +419,6 @@ def test_k8s_manifests_parse_and_hold_what_production_needs() -> None:
             ("ConfigMap", "tracehouse-env"),
             ("ConfigMap", "tracehouse-alert-rules"),
             ("Secret", "tracehouse-secrets"),
-            ("Job", "tracehouse-kafka-topics"),
             ("Job", "tracehouse-migrate"),
             ("Deployment", "tracehouse-receiver"),
             ("Service", "tracehouse-receiver"),

@@ -352,10 +352,10 @@ def sink_in_process(stack: h.Stack, start: dict[Any, int], count: int, batch_row
     base = spans_route(prices)
     first_message: list[float] = []
 
-    def decode(value: bytes, partition: int, offset: int) -> Any:
+    def decode(value: bytes, partition: int, offset: int, received_ns: int) -> Any:
         if not first_message:
             first_message.append(time.perf_counter())
-        return base.decode(value, partition, offset)
+        return base.decode(value, partition, offset, received_ns)
 
     route = dataclasses.replace(base, decode=decode)
     flushes: list[tuple[float, int]] = []
