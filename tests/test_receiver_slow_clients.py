@@ -191,3 +191,55 @@ def test_body_deadline_settings_are_read_from_the_environment() -> None:
     assert (options.read_budget_bytes, options.max_pending_spans) == (1_048_576, 500)
     with pytest.raises(ValueError, match="TRACEHOUSE_RECEIVER_ACK_TIMEOUT"):
         ReceiverOptions.from_env({"TRACEHOUSE_RECEIVER_ACK_TIMEOUT": "soon"})
+
+
+def test_a_head_trickled_a_byte_at_a_time_is_closed_after_the_header_deadline(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """aiohttp waits an hour for a request head by default; the receiver closes such a connection after
+    `TRACEHOUSE_RECEIVER_HEADER_TIMEOUT`, while a normal request on another connection is answered."""
+    port = free_port()
+    env = {
+        "TRACEHOUSE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "TRACEHOUSE_DATA_DIR": str(tmp_path),
+        "TRACEHOUSE_RECEIVER_HEADER_TIMEOUT": "2",
+    }
+    receiver = ManagedProcess("receiver", ["receiver", "--port", str(port)], tmp_path / "logs", env).start()
+    sockets = []
+    try:
+        assert receiver.wait_for_log("started on", timeout=60), receiver.log_tail()
+        sockets = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(50)]
+        head = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nX-Slow: "
+        closed_at: dict[int, float] = {}
+        started = time.monotonic()
+        for i in range(8):  # a byte a second per socket: the head never completes
+            for n, sock in enumerate(sockets):
+                if n in closed_at:
+                    continue
+                try:
+                    sock.send(head if i == 0 else b"x")
+                except OSError:
+                    closed_at[n] = time.monotonic() - started
+            body, _ = otlp_body("slow-head-ok", 1)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+            try:
+                connection.request("POST", "/v1/traces", body=body, headers={"Content-Type": "application/x-protobuf"})
+                assert connection.getresponse().status == 200
+            finally:
+                connection.close()
+            time.sleep(1.0)
+        for n, sock in enumerate(sockets):  # a closed socket reads as EOF (or a reset)
+            if n not in closed_at:
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1) == b"":
+                        closed_at[n] = time.monotonic() - started
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed_at[n] = time.monotonic() - started
+        assert len(closed_at) == len(sockets), f"{len(sockets) - len(closed_at)} slow heads still open"
+    finally:
+        for sock in sockets:
+            sock.close()
+        receiver.stop()

@@ -119,6 +119,7 @@ _ENV_VARS = {
     "body_timeout_s": "TRACEHOUSE_RECEIVER_BODY_TIMEOUT",
     "min_upload_rate": "TRACEHOUSE_RECEIVER_MIN_UPLOAD_RATE",
     "read_budget_bytes": "TRACEHOUSE_RECEIVER_READ_BUDGET_BYTES",
+    "header_timeout_s": "TRACEHOUSE_RECEIVER_HEADER_TIMEOUT",
 }
 
 
@@ -137,6 +138,9 @@ class ReceiverOptions:
     body_timeout_s: float = 10.0  # the floor of a body's deadline
     min_upload_rate: int = 64 * 1024  # bytes/s a body must arrive at, beyond the floor
     read_budget_bytes: int = 64 * 1024 * 1024  # bytes of bodies being read at once, all requests together
+    # From connect (or the last answer) to a complete request head, and the longest idle keep-alive: a
+    # client trickling its headers is closed after this (aiohttp's default waits an hour).
+    header_timeout_s: float = 15.0
     tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod

@@ -51,6 +51,7 @@ class ReceiverServer:
             auto_decompress=False,  # the receiver decompresses itself, under its size limit
             access_log=None,  # one log line per request costs more than decoding a small request
             shutdown_timeout=shutdown_timeout,
+            keepalive_timeout=options.header_timeout_s,  # bounds a head that arrives too slowly
         )
         self._site: web.TCPSite | None = None
 
