@@ -5,10 +5,10 @@ Run: `python tests/benchmarks/e2e.py [--quick] [--duration S] [--rate R] [--skip
 --quick --skip-phoenix.
 
 tracehouse side — every process on this machine, each its own OS process, as `tracehouse up` runs them:
-  load generator (SDK `SpanTransport`, 80 % of the spans)  ─┐
-  load generator (OTLP/HTTP protobuf, 20 %) → `tracehouse receiver` ─┴→ Kafka (Apache Kafka KRaft; noida-db
-  with --embedded) → `tracehouse worker` (1, or 2) and `tracehouse sink` → ClickHouse (the embedded engine
-  over HTTP, `tracehouse.infra.clickhouse_server`).
+  load generator (OTLP/HTTP protobuf, 100 % by default) → `tracehouse receiver` ─┬→ Kafka (Apache Kafka
+  load generator (SDK `SpanTransport`, the rest with --otlp-share below 1) ────────┘  KRaft; noida-db with
+  --embedded) → `tracehouse worker` (1, or 2) and `tracehouse sink` → ClickHouse (the embedded engine over
+  HTTP, `tracehouse.infra.clickhouse_server`).
 Phases, each after the previous one has drained: a short warm-up; `max`, at the offered rate (--rate,
 default 20,000 spans/s, the issue's target) for --duration (60 s, 15 with --quick); `half`, at half that rate,
 for the delay target; and, when `max` did not keep up, `diag`, at half of what `max` actually stored, to
@@ -334,10 +334,12 @@ def run_phase(
     ch = pipe.ch
     share = args.otlp_share
     common = ["--duration", str(duration), "--phase", name, "--seed", str(args.seed)]
-    loads = {"sdk": start_load(f"load-sdk-{name}", [
-        "sdk", "--kafka", pipe.settings.kafka_bootstrap, "--rate", str(offered * (1 - share)),
-        "--pool-spans", str(args.pool_spans), *common,
-    ], pipe.tmp / "logs")}  # fmt: skip
+    loads = {}
+    if share < 1:
+        loads["sdk"] = start_load(f"load-sdk-{name}", [
+            "sdk", "--kafka", pipe.settings.kafka_bootstrap, "--rate", str(offered * (1 - share)),
+            "--pool-spans", str(args.pool_spans), *common,
+        ], pipe.tmp / "logs")  # fmt: skip
     if share > 0:
         loads["otlp"] = start_load(f"load-otlp-{name}", [
             "otlp", "--url", pipe.receiver_url, "--rate", str(offered * share),
@@ -827,7 +829,13 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="write every figure here as JSON")
     parser.add_argument("--embedded", action="store_true", help="noida-db instead of Apache Kafka")
     parser.add_argument("--workers", type=int, default=1, choices=(1, 2))
-    parser.add_argument("--otlp-share", type=float, default=0.2, help="share of spans through the OTLP receiver")
+    parser.add_argument(
+        "--otlp-share",
+        type=float,
+        default=1.0,
+        help="share of spans through the OTLP receiver (default 1: the path most users take; the rest go "
+        "from the SDK straight to Kafka)",
+    )
     parser.add_argument("--pool-spans", type=int, default=60_000, help="distinct spans the generators re-send")
     parser.add_argument("--diag", choices=("auto", "on", "off"), default="auto",
                         help="a phase at half the stored rate of max (auto: when max did not keep up)")  # fmt: skip
