@@ -39,7 +39,9 @@ class EmbeddedClickHouse:
     """The embedded server as a subprocess on host:port with its data in `data_dir`.
 
     `start()` returns once /ping answers; `stop()` asks politely (SIGTERM) and then insists; `kill()` is
-    SIGKILL for fault tests. It can be started again afterwards, on the same directory and port.
+    SIGKILL for fault tests. It can be started again afterwards, on the same directory and port. With
+    `users_file`, only its users may query it (see clickhouse_access); otherwise the server reads
+    TRACEHOUSE_CLICKHOUSE_USERS_FILE from the environment it inherits.
     """
 
     def __init__(
@@ -49,8 +51,10 @@ class EmbeddedClickHouse:
         port: int | None = None,
         *,
         startup_timeout: float = 60.0,
+        users_file: Path | None = None,
     ):
         self.data_dir = Path(data_dir)
+        self.users_file = users_file
         self.host = host
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout
@@ -79,6 +83,8 @@ class EmbeddedClickHouse:
             sys.executable, "-m", "tracehouse.infra.clickhouse_server",
             "--data-dir", str(self.data_dir), "--host", self.host, "--port", str(self.port),
         ]  # fmt: skip
+        if self.users_file is not None:
+            cmd += ["--users-file", str(self.users_file)]
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- starting {' '.join(cmd)}\n".encode())
             log.flush()

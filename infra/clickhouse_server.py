@@ -9,8 +9,11 @@ and status codes. For clickhouse-go (Grafana) it also writes Native for the `cli
 client names and frames responses in ClickHouse's compressed blocks for `compress=1`; see
 clickhouse_native. See clickhouse_engine for how requests map onto chdb.
 
+Who may use it is clickhouse_access's business: requests from web pages are refused, GET and `readonly`
+are read-only as on a ClickHouse server, and with a users file every request must authenticate.
+
 Not supported: external data (file fields in a multipart form), progress headers, query cancellation by
-KILL QUERY, HTTPS, and authentication (any user and password are accepted: this serves localhost).
+KILL QUERY, HTTPS, roles, quotas and grants beyond a user's readonly level.
 
 Run it as `python -m tracehouse.infra.clickhouse_server --data-dir DIR --port 8123`; it serves until
 SIGINT or SIGTERM. Only one process may open a data directory.
@@ -35,6 +38,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from tracehouse.core.config import CLICKHOUSE_USERS_FILE_ENV
+from tracehouse.infra.clickhouse_access import Access, Refused, Users, readonly_level
 from tracehouse.infra.clickhouse_codecs import BodyDecoder, CodecError, ResponseBody, response_encoder
 from tracehouse.infra.clickhouse_engine import (
     Engine,
@@ -50,6 +55,7 @@ from tracehouse.infra.clickhouse_sql import (
     RESULT_KEYWORDS,
     InsertHead,
     output_format,
+    second_statement_at,
     split_insert,
     tokens,
 )
@@ -104,11 +110,15 @@ def content_type(fmt: str) -> str:
 class _Request:
     """What one HTTP request asks for, gathered from URL parameters, form fields and headers."""
 
-    __slots__ = ("database", "default_format", "eof", "params", "query_id", "settings")
+    __slots__ = ("database", "default_format", "eof", "params", "query_id", "readonly", "settings", "user")
 
-    def __init__(self, engine: Engine, request: web.Request, params: dict[str, str], eof: bool):
+    def __init__(
+        self, engine: Engine, request: web.Request, params: dict[str, str], eof: bool, user: str, readonly: int
+    ):
         headers = request.headers
         self.params = params
+        self.user = user
+        self.readonly = readonly
         self.database = params.get("database") or headers.get("X-ClickHouse-Database") or None
         self.default_format = (
             params.get("default_format") or headers.get("X-ClickHouse-Format") or "TabSeparated"
@@ -150,8 +160,9 @@ class _Request:
 class ClickHouseHTTP:
     """The request handlers; one instance per server, around one Engine."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, access: Access):
         self.engine = engine
+        self.access = access
         self.display_name = socket.gethostname()
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -195,6 +206,10 @@ class ClickHouseHTTP:
         return web.Response(status=404, text=f"There is no handle {request.path}\n\nUse / or /ping.\n")
 
     async def options(self, request: web.Request) -> web.Response:
+        try:  # a preflight from a foreign page gets no permission
+            self.access.check_browser(request.method, request.headers, request.content_type)
+        except Refused as err:
+            return self._error(self.engine.fail(err.code, err.text), None)
         return web.Response(
             status=204,
             headers={
@@ -206,6 +221,11 @@ class ClickHouseHTTP:
 
     async def root(self, request: web.Request) -> web.StreamResponse:
         params = dict(request.query)
+        try:  # before reading any of the body
+            self.access.check_browser(request.method, request.headers, request.content_type)
+            user, profile_readonly = self.access.authenticate(request.headers, params)
+        except Refused as err:
+            return self._error(self.engine.fail(err.code, err.text), None)
         has_body = request.method == "POST" and request.body_exists
         if has_body and request.content_type == "multipart/form-data":
             try:
@@ -216,8 +236,11 @@ class ClickHouseHTTP:
         if not has_body and "query" not in params:
             return web.Response(text="Ok.\n")
         try:
-            req = _Request(self.engine, request, params, eof=not has_body)
+            readonly = readonly_level(profile_readonly, params.get("readonly"), request.method)
+            req = _Request(self.engine, request, params, not has_body, user, readonly)
             decoder = BodyDecoder(request.headers.get("Content-Encoding"), params.get("decompress") == "1")
+        except Refused as err:
+            return self._error(self.engine.fail(err.code, err.text), None)
         except CodecError as err:
             return self._error(self.engine.fail(err.code, str(err)), None)
         try:
@@ -277,27 +300,36 @@ class ClickHouseHTTP:
     async def _insert(
         self, req: _Request, head: InsertHead, data: bytes, content: Any, decoder: BodyDecoder
     ) -> web.Response:
+        """Spool the body to a file as it arrives, then run the INSERT on it with `FROM INFILE`: the engine's
+        answer is then the whole truth (see clickhouse_engine), and a body cut short inserts nothing."""
         engine = self.engine
-        async with engine.lease(*req.session) as (handle, _):
-            inserter, stats = await engine.call(
-                handle.begin_insert, req.database, req.settings, head.statement, head.format,
-                decoder, b"", data, req.eof,
-            )  # fmt: skip
-            try:
-                while inserter is not None:
-                    raw, req.eof = await _read_batch(content, INSERT_BATCH)
-                    if req.eof:
-                        stats = await engine.call(_feed_and_finish, handle, inserter, decoder, raw)
-                        inserter = None
-                    else:
-                        await engine.call(handle.feed, inserter, decoder, raw)
-            finally:
-                if inserter is not None:
-                    await engine.call(handle.cancel_insert, inserter)
+        spool = None
+        raw = b""
+        try:
+            if not req.eof:
+                raw, req.eof = await _read_batch(content, INSERT_BATCH)
+            if not req.eof:  # more than one batch: spool it as it arrives, holding no engine handle
+                spool = await engine.call(engine.open_spool, decoder, data, raw)
+                data = raw = b""
+                while not req.eof:
+                    more, req.eof = await _read_batch(content, INSERT_BATCH)
+                    await engine.call(spool.feed, more)
+            async with engine.lease(*req.session, readonly=req.readonly, user=req.user) as (handle, _):
+                stats = await engine.call(
+                    handle.insert_body, req.database, req.settings, head, spool, decoder, data, raw
+                )
+        finally:
+            if spool is not None and not spool.discarded:
+                await engine.call(spool.discard)
         return web.Response(body=b"", headers=self._headers(req, stats))
 
     async def _query(self, request: web.Request, req: _Request, sql: bytes) -> web.StreamResponse:
         engine = self.engine
+        extra = second_statement_at(sql)
+        if extra is not None:
+            rest = sql[extra : extra + 40].decode("utf-8", "replace")
+            text = f"Syntax error (Multi-statements are not allowed): failed at position {extra + 1}: {rest}"
+            raise engine.fail(62, text)  # SYNTAX_ERROR, as a ClickHouse server answers over HTTP
         toks = tokens(sql)
         first = next(toks, None)
         keyword = first.upper if first is not None else b""
@@ -306,7 +338,7 @@ class ClickHouseHTTP:
         fmt = (output_format(sql) if is_result else None) or req.default_format
         stream = keyword in STREAMED_KEYWORDS and fmt.lower() in STREAMABLE
         out = req.response_body(request, fmt if is_result else None, stream)
-        async with engine.lease(*req.session) as (handle, in_session):
+        async with engine.lease(*req.session, readonly=req.readonly, user=req.user) as (handle, in_session):
             try:
                 if stream:
                     return await self._stream(request, req, handle, sql, fmt, out)
@@ -376,11 +408,6 @@ class ClickHouseHTTP:
                 await engine.call(handle.close_stream, stream)
 
 
-def _feed_and_finish(handle: Handle, inserter: Any, decoder: BodyDecoder, raw: bytes) -> Stats:
-    handle.feed(inserter, decoder, raw)
-    return handle.finish_insert(inserter, decoder)
-
-
 async def _read_batch(content: Any, limit: int) -> tuple[bytes, bool]:
     """Up to about `limit` bytes of body, and whether the body is finished."""
     parts: list[bytes] = []
@@ -397,8 +424,8 @@ async def _read_batch(content: Any, limit: int) -> tuple[bytes, bool]:
 # --- app and entry points -------------------------------------------------------------------------
 
 
-def make_app(engine: Engine) -> web.Application:
-    handlers = ClickHouseHTTP(engine)
+def make_app(engine: Engine, access: Access) -> web.Application:
+    handlers = ClickHouseHTTP(engine, access)
     app = web.Application(client_max_size=MAX_QUERY_BYTES)
     app[ENGINE_KEY] = engine
     app.router.add_route("GET", "/ping", handlers.ping)
@@ -420,17 +447,19 @@ def make_app(engine: Engine) -> web.Application:
     return app
 
 
-async def start_server(data_dir: Path, host: str = "127.0.0.1", port: int = 8123) -> web.AppRunner:
+async def start_server(
+    data_dir: Path, host: str = "127.0.0.1", port: int = 8123, users: Users | None = None
+) -> web.AppRunner:
     """Open the engine on `data_dir` and serve on host:port in the running loop; `await runner.cleanup()`
     stops it. Raises EngineLockedError if another process has the directory, OSError if the port is taken.
+    With `users`, every request must authenticate as one of them.
 
     chdb allows one data directory per process, so in-process use is for a single server per process.
     """
     engine = await asyncio.to_thread(Engine, Path(data_dir))
+    app = make_app(engine, Access(host, port, users))
     # auto_decompress off: this server decodes Content-Encoding itself (aiohttp does not know lz4)
-    runner = web.AppRunner(
-        make_app(engine), access_log=None, handle_signals=False, shutdown_timeout=5.0, auto_decompress=False
-    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     try:
@@ -441,31 +470,45 @@ async def start_server(data_dir: Path, host: str = "127.0.0.1", port: int = 8123
     return runner
 
 
-async def _serve(data_dir: Path, host: str, port: int) -> None:
+async def _serve(data_dir: Path, host: str, port: int, users: Users | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = await start_server(data_dir, host, port)
-    print(f"clickhouse listening on http://{host}:{port} (data {data_dir})", file=sys.stderr, flush=True)
+    runner = await start_server(data_dir, host, port, users)
+    who = "users from the users file" if users is not None else "any user"
+    print(f"clickhouse listening on http://{host}:{port} (data {data_dir}; {who})", file=sys.stderr, flush=True)
     try:
         await stop.wait()
     finally:
         await runner.cleanup()
 
 
-def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8123, timezone: str | None = "UTC") -> None:
+def serve(
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8123,
+    timezone: str | None = "UTC",
+    users_file: Path | None = None,
+) -> None:
     """Serve until SIGINT/SIGTERM. Exits the process with status 1 and a one-line reason if the data
-    directory is in use or the port is taken.
+    directory is in use, the port is taken or the users file cannot be used.
 
     The engine's timezone is fixed to `timezone` (UTC by default) so results do not depend on where the
-    server runs; pass None to keep the process's.
+    server runs; pass None to keep the process's. `users_file` defaults to TRACEHOUSE_CLICKHOUSE_USERS_FILE.
     """
+    if users_file is None and os.environ.get(CLICKHOUSE_USERS_FILE_ENV):
+        users_file = Path(os.environ[CLICKHOUSE_USERS_FILE_ENV])
+    try:
+        users = Users.load(users_file) if users_file is not None else None
+    except ValueError as exc:
+        print(f"clickhouse: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     if timezone:
         os.environ["TZ"] = timezone
         time.tzset()
     try:
-        asyncio.run(_serve(Path(data_dir), host, port))
+        asyncio.run(_serve(Path(data_dir), host, port, users))
     except EngineLockedError as exc:
         print(f"clickhouse: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
@@ -487,9 +530,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--timezone", default="UTC", help="server timezone ('' keeps the process's)")
+    parser.add_argument(
+        "--users-file",
+        type=Path,
+        default=None,
+        help=f"TOML users with passwords and readonly levels (default ${CLICKHOUSE_USERS_FILE_ENV}; none: any user)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(args.data_dir, args.host, args.port, args.timezone or None)
+    serve(args.data_dir, args.host, args.port, args.timezone or None, args.users_file)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Just enough of ClickHouse's SQL lexer to route an HTTP request without parsing the query.
 
 The HTTP server needs three facts the engine will not tell it before running a query: where the data of
-an `INSERT ... FORMAT X <data>` begins (it is streamed to chdb's insert API, not sent as SQL text), the
-output format of a SELECT (to stream it or not, and to set Content-Type), and whether the statement
-produces a result at all. Everything else, including validating the SQL, is left to the engine.
+an `INSERT ... FORMAT X <data>` begins (the data is spooled to a file and inserted with `FROM INFILE`,
+never sent as SQL text), the output format of a SELECT (to stream it or not, and to set Content-Type),
+and whether the statement produces a result at all. Everything else, including validating the SQL, is
+left to the engine.
 
 Works on bytes because an INSERT's data can be binary (Native, RowBinary) right after the format name.
 """
@@ -34,6 +35,7 @@ _TOKEN = re.compile(
 RESULT_KEYWORDS = frozenset({b"SELECT", b"WITH", b"SHOW", b"DESCRIBE", b"DESC", b"EXPLAIN", b"EXISTS", b"("})
 
 _INSERT_END_KEYWORDS = frozenset({b"FORMAT", b"VALUES", b"SELECT", b"WITH", b"FROM", b"WATCH"})
+_FORMAT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +90,42 @@ def output_format(sql: bytes) -> str | None:
     return None
 
 
+def second_statement_at(sql: bytes) -> int | None:
+    """Where a second statement starts, if `sql` holds more than one (a trailing ';' is not one).
+
+    ClickHouse's HTTP interface runs one statement per request; chdb would run them all, and a statement
+    after the first could change a pooled connection's state (SET, USE) behind the server's back.
+    """
+    after_semicolon = False
+    for tok in tokens(sql):
+        if tok.upper == b";":
+            after_semicolon = True
+        elif after_semicolon:
+            return tok.start
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class InsertHead:
-    """An INSERT carrying data: `statement` goes to chdb's send_insert; bytes from `data_start` are data."""
+    """An INSERT carrying data: `INSERT INTO t [(cols)]` as `statement`, its `SETTINGS ...` clause (or ""),
+    the data's format, and where the data starts in the buffer.
+
+    The settings clause is kept apart because ClickHouse wants it after `FROM INFILE 'file'`.
+    """
 
     statement: str
     format: str
     data_start: int
+    settings: str = ""
+
+    def infile_sql(self, path: str, defaults: dict[str, str] | None = None) -> str:
+        """This INSERT reading its data from `path` (uncompressed, in `format`), with `defaults` added to
+        its SETTINGS clause unless the clause names them."""
+        clauses = [self.settings[len("SETTINGS") :].strip()] if self.settings else []
+        named = self.settings.lower()
+        clauses += [f"{k} = {quote_string(v)}" for k, v in (defaults or {}).items() if k.lower() not in named]
+        settings = f" SETTINGS {', '.join(clauses)}" if clauses else ""
+        return f"{self.statement} FROM INFILE {quote_string(path)} COMPRESSION 'none'{settings} FORMAT {self.format}"
 
 
 NEED_MORE = "need-more"  # the buffer ends before the INSERT's data start could be found
@@ -125,6 +156,7 @@ def split_insert(buf: bytes, complete: bool) -> InsertHead | str:
         return NOT_DATA_INSERT
     depth = 0
     seen_target = False
+    settings_at: int | None = None  # where a top-level SETTINGS clause starts
     prev: Token | None = None
     for tok in it:
         if tok.kind == "open":
@@ -139,14 +171,18 @@ def split_insert(buf: bytes, complete: bool) -> InsertHead | str:
             if tok.upper in (b"INTO", b"TABLE", b"FUNCTION") and not seen_target:
                 prev = tok
                 continue
-            if not after_into and seen_target and tok.upper in _INSERT_END_KEYWORDS:
+            if not after_into and seen_target and tok.upper == b"SETTINGS" and settings_at is None:
+                settings_at = tok.start
+            elif not after_into and seen_target and tok.upper in _INSERT_END_KEYWORDS:
                 if not complete and tok.end == len(buf):
                     return NEED_MORE
+                head_end = tok.start if settings_at is None else settings_at
+                settings = _text(buf[settings_at : tok.start]) if settings_at is not None else ""
                 if tok.upper == b"VALUES":
-                    return InsertHead(_text(buf[: tok.start]), "Values", tok.end)
+                    return InsertHead(_text(buf[:head_end]), "Values", tok.end, settings)
                 if tok.upper != b"FORMAT":
                     return NOT_DATA_INSERT
-                return _after_format(buf, tok, it, complete)
+                return _after_format(buf, it, complete, _text(buf[:head_end]), settings)
             seen_target = True
         elif tok.kind == "qid":
             seen_target = True
@@ -154,13 +190,15 @@ def split_insert(buf: bytes, complete: bool) -> InsertHead | str:
     return NOT_DATA_INSERT if complete else NEED_MORE
 
 
-def _after_format(buf: bytes, fmt_kw: Token, it, complete: bool) -> InsertHead | str:
+def _after_format(buf: bytes, it: Iterator[Token], complete: bool, statement: str, settings: str) -> InsertHead | str:
     name = next(it, None)
     if name is None or (not complete and name.end == len(buf)):  # the name may be cut short
         return NOT_DATA_INSERT if complete else NEED_MORE
     if name.kind not in ("word", "qid"):
         return NOT_DATA_INSERT
     fmt = buf[name.start : name.end].strip(b'`"').decode("ascii", "replace")
+    if not _FORMAT_NAME.fullmatch(fmt):
+        return NOT_DATA_INSERT  # the engine will say what is wrong with it
     # ClickHouse's rule: data starts after the first newline, or after the spaces if there is none
     pos, end = name.end, len(buf)
     while pos < end and buf[pos] in b" \t\f":
@@ -171,7 +209,7 @@ def _after_format(buf: bytes, fmt_kw: Token, it, complete: bool) -> InsertHead |
         pos += 1
     if pos < end and buf[pos] == 0x0A:
         pos += 1
-    return InsertHead(_text(buf[: fmt_kw.start]), fmt, pos)
+    return InsertHead(statement, fmt, pos, settings)
 
 
 def _text(sql: bytes) -> str:

@@ -141,7 +141,9 @@ def test_get_post_and_headers(server: EmbeddedClickHouse) -> None:
 
 def test_inline_and_body_inserts(server: EmbeddedClickHouse, client: Client) -> None:
     client.command("CREATE TABLE t.inline (id UInt64, s String) ENGINE = MergeTree ORDER BY id")
-    assert http(server, {"query": 'INSERT INTO t.inline FORMAT JSONEachRow {"id": 1, "s": "get"}'})[0] == 200
+    # the data may sit in the URL's query; a write must still be a POST (GET is readonly)
+    inline = {"query": 'INSERT INTO t.inline FORMAT JSONEachRow {"id": 1, "s": "get"}'}
+    assert http(server, inline, data=b"")[0] == 200
     assert http(server, data=b"INSERT INTO t.inline VALUES (2, 'values')")[0] == 200
     assert http(server, data=b'INSERT INTO t.inline FORMAT CSV\n3,csv\n4,"csv, quoted"\n')[0] == 200
     assert (
@@ -227,8 +229,8 @@ def test_errors_over_http(server: EmbeddedClickHouse) -> None:
 
 
 def test_settings_and_sessions(server: EmbeddedClickHouse) -> None:
-    def get(params: dict[str, str]) -> bytes:
-        status, _, body = http(server, params)
+    def get(params: dict[str, str], data: bytes | None = None) -> bytes:
+        status, _, body = http(server, params, data)
         assert status == 200, body
         return body.strip()
 
@@ -241,7 +243,6 @@ def test_settings_and_sessions(server: EmbeddedClickHouse) -> None:
         "no_such_setting": "1",
         "wait_end_of_query": "1",
         "send_progress_in_http_headers": "1",
-        "readonly": "1",
     }
     assert get({"query": "SELECT 7", **extra}) == b"7"
 
@@ -251,9 +252,9 @@ def test_settings_and_sessions(server: EmbeddedClickHouse) -> None:
     session = {"session_id": "s-1"}
     get({"query": "SET max_block_size = 999", **session})
     assert get({"query": probe, **session}) == b"999"
-    get({"query": "CREATE TEMPORARY TABLE tmp (x UInt8)", **session})
-    get({"query": "INSERT INTO tmp VALUES (5)", **session})
-    assert get({"query": "SELECT x FROM tmp", **session}) == b"5"
+    get({"query": "CREATE TEMPORARY TABLE tmp (x UInt8)", **session}, b"")  # writes are POSTs
+    get({"query": "INSERT INTO tmp VALUES (5)", **session}, b"")
+    assert get({"query": "SELECT x FROM tmp", **session}, b"") == b"5"
     _, headers, _ = http(server, {"query": "SELECT 1", "session_id": "nope", "session_check": "1"})
     assert headers["X-ClickHouse-Exception-Code"] == "372"
 
@@ -358,7 +359,7 @@ def test_native_insert_whose_data_starts_with_a_newline(server: EmbeddedClickHou
         (
             b"INSERT INTO t SETTINGS x = 'FORMAT' FORMAT TSV\r\n1",
             True,
-            ("INSERT INTO t SETTINGS x = 'FORMAT'", "TSV", b"1"),
+            ("INSERT INTO t", "TSV", b"1"),
         ),
         (b"INSERT INTO t SELECT 1", True, NOT_DATA_INSERT),
         (b"SELECT 1 FORMAT CSV", True, NOT_DATA_INSERT),
@@ -373,6 +374,21 @@ def test_split_insert(text: bytes, complete: bool, expected: object) -> None:
     if isinstance(found, InsertHead):
         found = (found.statement, found.format, text[found.data_start :])
     assert found == expected
+
+
+def test_insert_reads_its_data_from_a_file() -> None:
+    """The SETTINGS clause moves after FROM INFILE, where ClickHouse wants it; the table may be `settings`."""
+    head = split_insert(b"INSERT INTO t (a) SETTINGS x = 'FORMAT', y = 2 FORMAT TSV\n1", True)
+    assert isinstance(head, InsertHead) and head.settings == "SETTINGS x = 'FORMAT', y = 2"
+    assert head.infile_sql("/s/b'1", {"z": "0", "Y": "5"}) == (
+        "INSERT INTO t (a) FROM INFILE '/s/b\\'1' COMPRESSION 'none' SETTINGS x = 'FORMAT', y = 2, z = '0' FORMAT TSV"
+    )
+    head = split_insert(b"INSERT INTO settings VALUES (1)", True)
+    assert isinstance(head, InsertHead) and (head.statement, head.settings, head.format) == (
+        "INSERT INTO settings",
+        "",
+        "Values",
+    )
 
 
 def test_output_format() -> None:
