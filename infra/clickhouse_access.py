@@ -32,20 +32,17 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from tracehouse.core.browsers import browser_refusal
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-# CORS "simple" content types: a browser sends these cross-site without asking the server first
-BROWSER_SIMPLE_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class Refused(Exception):
@@ -137,30 +134,6 @@ def credentials(headers: Mapping[str, str], params: Mapping[str, str]) -> tuple[
     return params.get("user") or "default", params.get("password", "")
 
 
-# --- browsers -------------------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_wildcard(host: str) -> bool:
-    return host in ("", "0.0.0.0", "::")
-
-
-def _host_name(netloc: str) -> str:
-    """The host of a `host[:port]` or `[v6][:port]`, lowercased and without brackets."""
-    try:
-        return (urlsplit(f"//{netloc}").hostname or "").lower()
-    except ValueError:
-        return ""
-
-
 @dataclass(frozen=True)
 class Access:
     """This server's rules for one listening address; `users` is None when any user is accepted."""
@@ -169,44 +142,12 @@ class Access:
     port: int
     users: Users | None = None
 
-    def own_origins(self, request_host: str | None) -> frozenset[str]:
-        """The origins a page served by this server itself would have (there are none, but a browser
-        extension or a local tool may legitimately say so)."""
-        names = {self.host.lower()}
-        if _is_loopback(self.host):
-            names |= _LOOPBACK_NAMES
-        origins = set()
-        for name in names:
-            shown = f"[{name}]" if ":" in name else name
-            origins.add(f"http://{shown}:{self.port}")
-        if _is_wildcard(self.host) and request_host:
-            origins.add(f"http://{request_host.lower()}")  # reachable under names we cannot know
-        return frozenset(origins)
-
     def check_browser(self, method: str, headers: Mapping[str, str], content_type: str) -> None:
-        """Refuse what only a web page would send; raises Refused."""
-        request_host = headers.get("Host")
-        if _is_loopback(self.host) and request_host is not None and not _is_loopback(_host_name(request_host)):
-            raise Refused(
-                497,
-                f"Host {request_host!r} is not this server: a server listening on {self.host} answers only to "
-                "loopback names (a web page's name pointing at it is refused)",
-            )  # ACCESS_DENIED
-        origin = headers.get("Origin")
-        if origin is None:
-            return
-        if origin.lower() not in self.own_origins(request_host):
-            raise Refused(
-                497,
-                f"Cross-origin request refused: Origin {origin!r} is not this server. ClickHouse clients do "
-                "not send an Origin header; web pages do",
-            )  # ACCESS_DENIED
-        if method == "POST" and content_type in BROWSER_SIMPLE_TYPES:
-            raise Refused(
-                497,
-                f"Request refused: a POST with an Origin header and Content-Type {content_type} is what a web "
-                "page sends without asking; ClickHouse clients send neither",
-            )  # ACCESS_DENIED
+        """Refuse what only a web page would send (`core/browsers.py`, the web explorer's rule too);
+        raises Refused."""
+        reason = browser_refusal(method, headers, content_type, self.host)
+        if reason is not None:
+            raise Refused(497, reason)  # ACCESS_DENIED
 
     def authenticate(self, headers: Mapping[str, str], params: Mapping[str, str]) -> tuple[str, int]:
         """The request's user name and the readonly level its profile imposes; raises Refused."""

@@ -147,6 +147,8 @@ def test_a_body_in_time_reaches_the_handler(server: ServerThread) -> None:
         ({"Origin": "SAME", "Content-Type": "application/x-www-form-urlencoded"}, "form-urlencoded"),
         ({"Origin": "SAME", "Content-Type": "multipart/form-data; boundary=x"}, "multipart/form-data"),
         ({"Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"}, "another site"),
+        # DNS rebinding: the page's own name now points at 127.0.0.1, so its Origin matches its Host
+        ({"Host": "evil.example", "Origin": "http://evil.example", "Content-Type": "application/json"}, "loopback"),
     ],
 )
 def test_cross_site_writes_are_refused(server: ServerThread, headers: dict[str, str], says: str) -> None:

@@ -39,6 +39,7 @@ import msgspec
 from aiohttp import web
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from tracehouse.core.browsers import browser_refusal
 from tracehouse.core.config import Settings
 from tracehouse.web.api import ENDPOINTS, READER, json_response
 from tracehouse.web.models import ApiErrorBody, ErrorBody
@@ -59,8 +60,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# What a web page may POST cross-site without a CORS preflight ("simple requests").
-SIMPLE_CONTENT_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+# The address the server listens on: a loopback one makes it answer only to loopback Host names.
+LISTEN_HOST = web.AppKey("listen_host", str)
 CLOSE_AFTER = frozenset({408, 413})  # the rest of the body is not worth waiting for
 
 
@@ -140,25 +141,12 @@ def errors_middleware(settings: Settings) -> Middleware:
     return middleware
 
 
-def _same_host(origin: str, host: str) -> bool:
-    """Whether a browser's `Origin` (scheme://host[:port], no default port) names the `Host` asked."""
-    scheme, _, authority = origin.partition("://")
-    return scheme in ("http", "https") and authority.lower() == host.lower()
-
-
 def refuse_cross_site(request: web.Request) -> None:
-    """403 for a request with a body that a web page on another site could have made a browser send."""
-    origin = request.headers.get("Origin")
-    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
-        raise ApiError(403, "cross_site_refused", "a request from another site's page is refused")
-    if origin is None:
-        return  # not a browser (curl, SDKs and scripts send no Origin)
-    if not _same_host(origin, request.host):
-        raise ApiError(403, "cross_site_refused", f"a request from origin {origin[:200]!r} is refused: only "
-                       f"pages served by this server ({request.host[:200]}) may send one")  # fmt: skip
-    if request.content_type in SIMPLE_CONTENT_TYPES:
-        raise ApiError(403, "cross_site_refused", f"a browser request with a {request.content_type} body is "
-                       "refused (send application/json)")  # fmt: skip
+    """403 for a request with a body that a web page on another site could have made a browser send
+    (`core/browsers.py`: the embedded ClickHouse server's rule too)."""
+    reason = browser_refusal(request.method, request.headers, request.content_type, request.app[LISTEN_HOST])
+    if reason is not None:
+        raise ApiError(403, "cross_site_refused", reason)
 
 
 async def read_body(request: web.Request, limits: Limits) -> None:
@@ -211,6 +199,7 @@ def create_app(settings: Settings, limits: Limits = LIMITS) -> web.Application:
         middlewares=[errors_middleware(settings), writes_guard(limits)], client_max_size=limits.max_body_bytes
     )
     app[READER] = Reader(settings)
+    app[LISTEN_HOST] = "127.0.0.1"  # `serve` sets the address it listens on
     openapi = msgspec.json.encode(build_openapi())
 
     async def openapi_json(request: web.Request) -> web.Response:
@@ -242,8 +231,10 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set; prints the address (the real port, when port 0 asked for a free one)
     and hands the port to `started`. `app` (tests): an application from `create_app`, with routes added."""
+    app = app or create_app(settings, limits)
+    app[LISTEN_HOST] = host
     runner = web.AppRunner(
-        app or create_app(settings, limits),
+        app,
         access_log=None,
         keepalive_timeout=limits.header_s,
         lingering_time=limits.linger_s,
