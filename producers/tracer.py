@@ -26,6 +26,7 @@ from .ids import new_span_id, new_trace_id
 from .live_span import NOOP_SPAN, LiveSpan, NoopSpan, normalize_kind
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .propagation import SpanContext, extract_traceparent, parse_traceparent
+from .span_limits import SpanLimits, default_span_limits, limit_counts
 
 log = logging.getLogger("tracehouse.producers")
 
@@ -61,6 +62,8 @@ class Tracer:
     are one shared read-only list, so assign a new list (`span.tags = [...]`) rather than appending (see
     `convert.EMPTY_LIST`).
     `capture_io` is the default for `@trace`'s argument and return-value capture.
+    `span_limits` bounds the attributes and events of one span (default: `TRACEHOUSE_SPAN_*_LIMIT`
+    from the environment); what a span loses is counted on it (`tracehouse.dropped_*_count`).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Tracer:
         resource: Mapping[str, str] | None = None,
         capture_io: bool = True,
         owns_transport: bool = False,
+        span_limits: SpanLimits | None = None,
     ) -> None:
         if enabled and transport is None:
             raise ValueError("an enabled Tracer needs a transport (anything with submit(span))")
@@ -84,6 +88,8 @@ class Tracer:
         self.redact = redact
         self.capture_io = capture_io
         self.owns_transport = owns_transport
+        self.span_limits = span_limits or default_span_limits()
+        self._max_attributes = self.span_limits.attributes
         self.resource: dict[str, str] = {
             "telemetry.sdk.name": "tracehouse",
             "telemetry.sdk.version": _sdk_version(),
@@ -149,6 +155,8 @@ class Tracer:
                 if span is None:
                     self.redacted += 1
                     return
+            if span.events or len(span.attributes) > self._max_attributes:
+                span = limit_counts(span, self.span_limits)[0]
             if self._submit(span) is False:  # type: ignore[misc]
                 self.rejected += 1
         except Exception:

@@ -4,6 +4,11 @@ Kept apart from the HTTP handler so the handler can run it inline for small bodi
 thread for large ones (see `ReceiverOptions.offload_bytes`), and so tests and the benchmark can drive
 exactly what a request costs. Spans are accepted or rejected one by one: a bad span is counted with its
 reason for `partial_success`, and the good spans of the same request go through.
+
+Every mapped span then passes `fit_span` (the span limits): a span with too many parts is trimmed with
+a marker, or refused when it cannot fit one Kafka message at all. Both are decided here, before the
+answer, so a span the receiver accepts is one its sender can always send, and a sender learns of a
+trim from the answer's `partial_success` (a warning: `rejected_spans` 0 and an `error_message`).
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ from dataclasses import dataclass, field
 from tracehouse.core.schema import Span
 
 from ..payload import DEFAULT_MAX_PAYLOAD_BYTES
+from ..span_limits import SpanLimits, SpanTooLarge, bounded_by_source, default_span_limits, fit_span
 from .body import decompress
 from .mapping import SpanRejected, map_span, origin_for
-from .records import Origin, ScopeBatch
+from .records import Origin, OtlpSpan, ScopeBatch
 from .responses import JSON
 from .wire_json import decode_json
 from .wire_protobuf import decode_protobuf
@@ -27,26 +33,41 @@ _MAX_REASONS = 5  # distinct reasons quoted in `error_message`; the count covers
 
 @dataclass
 class IngestResult:
-    """The spans to forward, and how many were rejected and why (the `partial_success` fields)."""
+    """The spans to forward, how many were rejected and why (the `partial_success` fields), and how many
+    were accepted trimmed, and how (said in the same `error_message`)."""
 
     spans: list[Span] = field(default_factory=list)
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # reason -> how many spans
+    trimmed: int = 0
+    trims: dict[str, int] = field(default_factory=dict)  # what was trimmed -> how many spans
 
     def reject(self, reason: str) -> None:
         self.rejected += 1
         if reason in self.reasons or len(self.reasons) < _MAX_REASONS:
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
+    def trim(self, note: str) -> None:
+        self.trimmed += 1
+        if note in self.trims or len(self.trims) < _MAX_REASONS:
+            self.trims[note] = self.trims.get(note, 0) + 1
+
     @property
     def error_message(self) -> str:
-        if not self.rejected:
-            return ""
-        parts = [f"{reason} ({count}x)" if count > 1 else reason for reason, count in self.reasons.items()]
-        shown = sum(self.reasons.values())
-        if shown < self.rejected:
-            parts.append(f"and {self.rejected - shown} more")
-        return f"{self.rejected} span(s) rejected: " + "; ".join(parts)
+        parts = []
+        if self.rejected:
+            parts.append(f"{self.rejected} span(s) rejected: " + _summary(self.reasons, self.rejected))
+        if self.trimmed:
+            parts.append(f"{self.trimmed} span(s) accepted trimmed: " + _summary(self.trims, self.trimmed))
+        return "; ".join(parts)
+
+
+def _summary(reasons: dict[str, int], total: int) -> str:
+    parts = [f"{reason} ({count}x)" if count > 1 else reason for reason, count in reasons.items()]
+    shown = sum(reasons.values())
+    if shown < total:
+        parts.append(f"and {total - shown} more")
+    return "; ".join(parts)
 
 
 def decode_request(body: bytes, media_type: str) -> list[ScopeBatch]:
@@ -54,8 +75,18 @@ def decode_request(body: bytes, media_type: str) -> list[ScopeBatch]:
     return decode_json(body) if media_type == JSON else decode_protobuf(body)
 
 
-def map_batches(batches: list[ScopeBatch], limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> IngestResult:
-    """Map decoded spans onto tracehouse spans; resource attributes are stringified once per resource."""
+def map_batches(
+    batches: list[ScopeBatch],
+    limit: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    limits: SpanLimits | None = None,
+    source_bytes: int | None = None,
+) -> IngestResult:
+    """Map decoded spans onto tracehouse spans within the span limits; resource attributes are stringified
+    once per resource. `source_bytes` (the decompressed body's size) lets small bodies skip measuring
+    each span: none of their spans can be too big."""
+    if limits is None:
+        limits = default_span_limits()
+    measure = source_bytes is None or not bounded_by_source(source_bytes, limits, limit)
     result = IngestResult()
     spans = result.spans
     origins: dict[tuple[int, str, str], Origin] = {}
@@ -67,11 +98,13 @@ def map_batches(batches: list[ScopeBatch], limit: int = DEFAULT_MAX_PAYLOAD_BYTE
             shared = by_resource.get(key[0])
             if shared is None:
                 origin = origin_for(
-                    batch.resource, batch.scope_name, batch.scope_version, limit, batch.scope_attributes
+                    batch.resource, batch.scope_name, batch.scope_version, limit, batch.scope_attributes, limits
                 )
                 by_resource[key[0]] = origin
             else:  # same resource, another scope: share its stringified attributes
-                scope = origin_for({}, batch.scope_name, batch.scope_version, limit, batch.scope_attributes)
+                scope = origin_for(
+                    {}, batch.scope_name, batch.scope_version, limit, batch.scope_attributes, limits
+                )
                 origin = Origin(
                     shared.service, shared.resource, scope.scope_name, scope.scope_version, scope.scope_attributes
                 )
@@ -80,12 +113,29 @@ def map_batches(batches: list[ScopeBatch], limit: int = DEFAULT_MAX_PAYLOAD_BYTE
             result.reject(reason)
         for otlp_span in batch.spans:
             try:
-                spans.append(map_span(otlp_span, origin, limit))
-            except SpanRejected as exc:
+                span, note = fit_span(map_span(otlp_span, origin, limit, limits), limits, measure)
+            except (SpanRejected, SpanTooLarge) as exc:
                 result.reject(exc.reason)
+                continue
             except (ValueError, TypeError, RecursionError) as exc:  # a mapping bug must cost one span only
-                result.reject(f"span {otlp_span.span_id[:32]} could not be mapped: {exc}")
+                result.reject(f"span {otlp_span.span_id[:32]} could not be mapped: {str(exc)[:200]}")
+                continue
+            spans.append(span)
+            if len(otlp_span.events) > limits.events or len(otlp_span.links) > limits.links:
+                note = ", ".join(filter(None, (_mapping_note(otlp_span, limits), note)))
+            if note:
+                result.trim(f"span {span.span_id} of trace {span.trace_id}: {note}")
     return result
+
+
+def _mapping_note(span: OtlpSpan, limits: SpanLimits) -> str:
+    """What `map_span` dropped before mapping (events, links), in the words of `fit_span`'s notes."""
+    notes = []
+    if len(span.events) > limits.events:
+        notes.append(f"{len(span.events) - limits.events:,} events dropped (limit {limits.events})")
+    if len(span.links) > limits.links:
+        notes.append(f"{len(span.links) - limits.links:,} links dropped (limit {limits.links})")
+    return ", ".join(notes)
 
 
 def ingest(
@@ -94,7 +144,9 @@ def ingest(
     content_encoding: str = "",
     max_decompressed_bytes: int = 64 * 1024 * 1024,
     limit: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    limits: SpanLimits | None = None,
 ) -> IngestResult:
-    """Decompress, decode and map one request body; raises the request errors of `.errors`."""
+    """Decompress, decode and map one request body; raises the request errors of `.errors`.
+    `limits` defaults to the process's span limits (`TRACEHOUSE_SPAN_*_LIMIT`)."""
     data = decompress(body, content_encoding, max_decompressed_bytes)
-    return map_batches(decode_request(data, media_type), limit)
+    return map_batches(decode_request(data, media_type), limit, limits, len(data))

@@ -47,6 +47,14 @@ from tracehouse.core.schema import (
 )
 
 from ..payload import DEFAULT_MAX_PAYLOAD_BYTES, SHORT_TEXT_CHARS, fit, short, to_json_text
+from ..span_limits import (
+    DROPPED_LINKS,
+    SpanLimits,
+    default_span_limits,
+    dropped_events_marker,
+    kept_attributes,
+    kept_events,
+)
 from .records import OTEL_SPAN_KINDS, OTEL_STATUS, Origin, OtlpEvent, OtlpLink, OtlpSpan
 
 __all__ = ["SpanRejected", "attribute_text", "map_span", "origin_for"]
@@ -914,13 +922,10 @@ def _events(events: list[OtlpEvent], start_ns: int, limit: int) -> list[Event]:
         time_ns = event.time_ns
         if not MIN_TIME_NS <= time_ns <= MAX_TIME_NS:
             time_ns = start_ns  # a missing or impossible time: the span's start keeps it in the row
-        out.append(
-            Event(
-                name=_short(event.name) or "event",
-                time_ns=time_ns,
-                attributes={k: attribute_text(v, limit) for k, v in event.attributes.items()},
-            )
-        )
+        attributes = {k: attribute_text(v, limit) for k, v in event.attributes.items()}
+        if event.dropped_attributes_count:
+            attributes["otel.dropped_attributes_count"] = str(event.dropped_attributes_count)
+        out.append(Event(name=_short(event.name) or "event", time_ns=time_ns, attributes=attributes))
     return out
 
 
@@ -942,17 +947,16 @@ def _error_type(explicit: Any, events: list[Event], status: str, message: str) -
     return None
 
 
+def _link(link: OtlpLink, limit: int) -> dict[str, Any]:
+    out = {"trace_id": link.trace_id, "span_id": link.span_id, "trace_state": link.trace_state,
+           "attributes": {k: attribute_text(v, limit) for k, v in link.attributes.items()}}  # fmt: skip
+    if link.dropped_attributes_count:
+        out["dropped_attributes_count"] = link.dropped_attributes_count
+    return out
+
+
 def _links(links: list[OtlpLink], limit: int) -> str:
-    return fit(
-        to_json_text(
-            [
-                {"trace_id": link.trace_id, "span_id": link.span_id, "trace_state": link.trace_state,
-                 "attributes": {k: attribute_text(v, limit) for k, v in link.attributes.items()}}
-                for link in links
-            ]
-        ),
-        limit,
-    )[0]  # fmt: skip
+    return fit(to_json_text([_link(link, limit) for link in links]), limit)[0]
 
 
 def _check_ids(span: OtlpSpan) -> str:
@@ -1081,23 +1085,37 @@ def origin_for(
     scope_version: str = "",
     limit: int = DEFAULT_MAX_PAYLOAD_BYTES,
     scope_attributes: dict[str, Any] | None = None,
+    limits: SpanLimits | None = None,
 ) -> Origin:
-    """What the spans of one resource and scope share: the service and the stringified resource."""
+    """What the spans of one resource and scope share: the service and the stringified resource, each
+    held to the attribute count limit (once here, not once per span)."""
+    most = (limits or default_span_limits()).attributes
     resource = {str(k): attribute_text(v, limit) for k, v in resource_attributes.items()}
     service = resource.get("service.name") or "unknown_service"
+    if len(resource) > most:
+        resource = kept_attributes(resource, most)[0]
+    scope = {f"otel.scope.attributes.{k}": attribute_text(v, limit) for k, v in (scope_attributes or {}).items()}
+    if len(scope) > most:
+        scope = dict(list(scope.items())[:most])
     return Origin(
         service=_short(service) or "unknown_service",
         resource=resource,
         scope_name=_short(scope_name),
         scope_version=_short(scope_version),
-        scope_attributes={
-            f"otel.scope.attributes.{k}": attribute_text(v, limit) for k, v in (scope_attributes or {}).items()
-        },
+        scope_attributes=scope,
     )
 
 
-def map_span(span: OtlpSpan, origin: Origin, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> Span:
-    """Map one decoded OTLP span onto tracehouse's `Span`; raises SpanRejected when it cannot be stored."""
+def map_span(
+    span: OtlpSpan, origin: Origin, limit: int = DEFAULT_MAX_PAYLOAD_BYTES, limits: SpanLimits | None = None
+) -> Span:
+    """Map one decoded OTLP span onto tracehouse's `Span`; raises SpanRejected when it cannot be stored.
+
+    Of the span limits, the link and event counts apply here (links become one JSON text, and mapping
+    100,000 events to drop most of them would be wasted); the others are applied to the mapped span by
+    `span_limits.fit_span`, which the receiver calls next."""
+    if limits is None:
+        limits = default_span_limits()
     parent = _check_ids(span)
     _check_times(span)
 
@@ -1132,8 +1150,9 @@ def map_span(span: OtlpSpan, origin: Origin, limit: int = DEFAULT_MAX_PAYLOAD_BY
     status_code = span.status_code
     status = OTEL_STATUS[status_code] if 0 <= status_code < len(OTEL_STATUS) else "UNSET"
     status_message = _str(span.status_message, limit) if span.status_message else ""
-    events = _events(span.events, span.start_time_ns, limit) if span.events else []
-    for event in span.events:
+    otlp_events, dropped_events = kept_events(span.events, limits.events)
+    events = _events(otlp_events, span.start_time_ns, limit) if otlp_events else []
+    for event in otlp_events:
         if event.name == "gen_ai.evaluation.result":
             score = _score_genai(event.attributes, limit)
             if score is not None:
@@ -1154,7 +1173,12 @@ def map_span(span: OtlpSpan, origin: Origin, limit: int = DEFAULT_MAX_PAYLOAD_BY
             OTEL_SPAN_KINDS[span.kind] if span.kind < len(OTEL_SPAN_KINDS) else str(span.kind)
         )
     if span.links:
-        attributes["otel.links"] = _links(span.links, limit)
+        links = span.links
+        most = limits.links
+        if len(links) > most:
+            attributes[DROPPED_LINKS] = str(len(links) - most)
+            links = links[:most]
+        attributes["otel.links"] = _links(links, limit)
     if span.trace_state:
         attributes["otel.trace_state"] = _short(span.trace_state)
     for key, count in (
@@ -1164,6 +1188,8 @@ def map_span(span: OtlpSpan, origin: Origin, limit: int = DEFAULT_MAX_PAYLOAD_BY
     ):
         if count:
             attributes[key] = str(count)
+    if dropped_events:
+        attributes = dropped_events_marker(attributes, dropped_events)
 
     return Span(
         trace_id=span.trace_id,

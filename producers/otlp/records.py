@@ -27,6 +27,7 @@ class OtlpEvent(Struct, gc=False):
     name: str
     time_ns: int
     attributes: dict[str, Any]
+    dropped_attributes_count: int = 0  # what the sender's SDK dropped (OTLP's own field)
 
 
 class OtlpLink(Struct, gc=False):
@@ -36,6 +37,7 @@ class OtlpLink(Struct, gc=False):
     span_id: str
     attributes: dict[str, Any]
     trace_state: str = ""
+    dropped_attributes_count: int = 0
 
 
 class OtlpSpan(Struct, gc=False):

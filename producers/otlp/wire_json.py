@@ -206,6 +206,9 @@ def _span(sp: Any) -> OtlpSpan:
                 name if type(name) is str else "",
                 _int(_get(event, "timeUnixNano", "time_unix_nano"), "event timeUnixNano"),
                 _attributes(event.get("attributes")),
+                _int(
+                    _get(event, "droppedAttributesCount", "dropped_attributes_count"), "event droppedAttributesCount"
+                ),
             )
         )
     links = []
@@ -218,6 +221,7 @@ def _span(sp: Any) -> OtlpSpan:
                 _id(_get(link, "spanId", "span_id"), 8),
                 _attributes(link.get("attributes")),
                 str(_get(link, "traceState", "trace_state") or ""),
+                _int(_get(link, "droppedAttributesCount", "dropped_attributes_count"), "link droppedAttributesCount"),
             )
         )
     name = sp.get("name")

@@ -42,13 +42,22 @@ def _attributes(key_values: Any) -> dict[str, Any]:
 def _span(sp: Any) -> OtlpSpan:
     status = sp.status
     events = (
-        [OtlpEvent(e.name, e.time_unix_nano, _attributes(e.attributes)) for e in sp.events]
+        [
+            OtlpEvent(e.name, e.time_unix_nano, _attributes(e.attributes), e.dropped_attributes_count)
+            for e in sp.events
+        ]
         if len(sp.events)
         else []
     )
     links = (
         [
-            OtlpLink(link.trace_id.hex(), link.span_id.hex(), _attributes(link.attributes), link.trace_state)
+            OtlpLink(
+                link.trace_id.hex(),
+                link.span_id.hex(),
+                _attributes(link.attributes),
+                link.trace_state,
+                link.dropped_attributes_count,
+            )
             for link in sp.links
         ]
         if len(sp.links)
