@@ -33,6 +33,13 @@ def run_loadgen(
         raise SystemExit("--rate and --duration must be positive")
     if not 0 <= error_ratio <= 1:
         raise SystemExit("--error-ratio is a fraction between 0 and 1")
+    from tracehouse.infra.kafka_broker import kafka_answers
+
+    if not kafka_answers(settings.kafka_bootstrap, timeout=3.0):
+        raise SystemExit(
+            f"tracehouse loadgen: no Kafka answers at {settings.kafka_bootstrap}: start the stack with "
+            "`tracehouse up` (or give --kafka HOST:PORT)"
+        )
     console = Console(stderr=True)
     factory = TraceFactory(TrafficOptions(error_ratio=error_ratio, prompt_bytes=prompt_bytes, seed=seed))
     transport = SpanTransport(settings.kafka_bootstrap, max_queue=max(200_000, int(rate * 5)))

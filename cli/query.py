@@ -17,6 +17,7 @@ import decimal
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -208,6 +209,14 @@ def _datetimes(rows: Sequence[Sequence[Any]], index: int) -> bool:
     return bool(seen) and all(isinstance(v, dt.datetime) for v in seen)
 
 
+ID_PREFIX = 12  # hex digits of an id shown in a table: unique in practice, and `tracehouse trace` takes it
+
+
+def short_id(value: str) -> str:
+    """An id as a table shows it: a prefix (`tracehouse trace PREFIX` finds the trace; `--json` has it whole)."""
+    return value if len(value) <= ID_PREFIX + 1 else value[:ID_PREFIX] + "…"
+
+
 def print_table(
     console: Console,
     title: str | None,
@@ -216,18 +225,55 @@ def print_table(
     *,
     caption: str | None = None,
 ) -> None:
-    table = Table(title=title, title_justify="left", title_style="bold", caption=caption, caption_justify="left")
+    """Rows as a table that fits the terminal: one line per row, ids cut to a prefix, numbers whole, text
+    cells cut with an ellipsis (never folded mid-word); `--json` has every value whole."""
+    narrow = console.width < 120
+    ids = [column.endswith(ID_COLUMNS) for column in columns]
+    texts = [[_table_text(v, ids[i], narrow) for i, v in enumerate(row)] for row in rows]
+    fixed = [ids[i] or _numeric(rows, i) or _datetimes(rows, i) for i in range(len(columns))]
+    widths = _fit_widths(console.width, columns, texts, fixed)
+    table = Table(
+        title=title, title_justify="left", title_style="bold", caption=caption, caption_justify="left",
+        box=None, padding=(0, 2, 0, 0), pad_edge=False, header_style="bold",
+    )  # fmt: skip
     for i, column in enumerate(columns):
         justify = "right" if _numeric(rows, i) else "left"
-        if column.endswith(ID_COLUMNS) and console.width >= 120:  # ids are for copying: keep them whole
-            table.add_column(column, justify=justify, no_wrap=True, min_width=len(column))
-        elif _datetimes(rows, i):
-            table.add_column(column, justify=justify, no_wrap=True)
-        else:
-            table.add_column(column, justify=justify, overflow="fold", max_width=60)
-    for row in rows:
-        table.add_row(*(cell(v) for v in row))
+        table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", width=widths[i])
+    for row in texts:
+        table.add_row(*row)
     console.print(table)
+
+
+def _table_text(value: Any, is_id: bool, narrow: bool) -> str:
+    if is_id and isinstance(value, str) and value:
+        return short_id(value)
+    if narrow and isinstance(value, dt.datetime):
+        return value.strftime("%m-%d %H:%M:%S")
+    return " ".join(cell(value).split())
+
+
+def _fit_widths(width: int, columns: Sequence[str], texts: list[list[str]], fixed: list[bool]) -> list[int]:
+    """Column widths that fit `width`: ids, numbers and times keep their content's width; text columns
+    share what is left (at least 6 cells each); headers longer than their content are cut first."""
+    n = len(columns)
+    content = [max((len(row[i]) for row in texts), default=0) for i in range(n)]
+    natural = [min(max(len(columns[i]), content[i], 1), 60) for i in range(n)]
+    room = width - 2 * (n - 1)
+    if sum(natural) <= room:
+        return natural
+    widths = [max(content[i], 4) if fixed[i] else natural[i] for i in range(n)]
+    flexible = [i for i in range(n) if not fixed[i]]
+    excess = sum(widths) - room
+    while excess > 0 and flexible:
+        widest = max(flexible, key=lambda i: widths[i])
+        if widths[widest] <= 6:
+            break
+        cut = min(
+            excess, max(1, widths[widest] - max(6, sorted(widths[i] for i in flexible)[-2] if len(flexible) > 1 else 6))
+        )
+        widths[widest] -= cut
+        excess -= cut
+    return widths
 
 
 def make_console() -> Console:
@@ -248,6 +294,9 @@ def clickhouse_errors(settings: Settings) -> Iterator[None]:
         yield
     except ClickHouseError as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        server_said = re.search(r"DB::Exception: (.*?)(?: \(version [^)]*\))?(?: \(for url [^)]*\))?$", text)
+        if server_said:  # the server's own sentence, without the driver's wrapping around it
+            text = server_said.group(1)
         target = settings.clickhouse
         hint = ""
         if "UNKNOWN_TABLE" in str(exc) or "UNKNOWN_DATABASE" in str(exc) or "doesn't exist" in str(exc):

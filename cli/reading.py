@@ -34,9 +34,15 @@ _OWN_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
 
 
 def run_sql(settings: Settings, sql: str) -> int:
-    """Print the result in the statement's own FORMAT, else as a readable table."""
-    with clickhouse_for_reading(settings) as client:
-        fmt = None if _OWN_FORMAT.search(sql) else "PrettyCompactMonoBlock"
-        result = client.raw_query(sql, fmt=fmt)
+    """Print the result in the statement's own FORMAT, else as a readable table; a failure is one line
+    on stderr with the likely fix (exit 1), as for the other reading commands."""
+    from tracehouse.cli.query import clickhouse_errors, guarded
+
+    def go() -> int:
+        with clickhouse_errors(settings), clickhouse_for_reading(settings) as client:
+            fmt = None if _OWN_FORMAT.search(sql) else "PrettyCompactMonoBlock"
+            result = client.raw_query(sql, fmt=fmt)
         print(result.decode(errors="replace"), end="")
-    return 0
+        return 0
+
+    return guarded(go)

@@ -313,8 +313,11 @@ def _model_text(model: str) -> str:
     return model if model else "(none)"
 
 
-def render(snapshot: Snapshot, *, interval: float | None = None, note: str = "") -> RenderableType:
-    """The table (busiest groups first, a total row last) under a header that says what range it is."""
+def render(
+    snapshot: Snapshot, *, interval: float | None = None, note: str = "", width: int | None = None
+) -> RenderableType:
+    """The table (busiest groups first, a total row last) under a header that says what range it is;
+    `width` (the terminal's) drops the bar, then max latency and token columns, so a row stays one line."""
     options = snapshot.options
     parts: list[RenderableType] = []
     if snapshot.empty:
@@ -335,54 +338,67 @@ def render(snapshot: Snapshot, *, interval: float | None = None, note: str = "")
                     style="yellow",
                 )
             )
-        parts.append(group_table(snapshot))
+        parts.append(group_table(snapshot, width))
     if note:
         parts.append(Text(note, style="red" if note.startswith("refresh failed") else "dim"))
     return Group(*parts)
 
 
-def group_table(snapshot: Snapshot) -> Table:
+NARROW_COLUMNS = 120  # below this many terminal columns, the bar, max ms and token columns are left out
+
+
+def group_table(snapshot: Snapshot, width: int | None = None) -> Table:
+    """Busiest groups first, the total last; numbers are never cut, names give way with an ellipsis."""
     options = snapshot.options
-    table = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
-    for key in options.by:
-        table.add_column(key, overflow="fold", max_width=40)
-    table.add_column("spans/s", justify="right")
-    table.add_column("", width=12, no_wrap=True)  # the share of the busiest group, as a bar
-    table.add_column("spans", justify="right")
-    table.add_column("errors", justify="right")
-    table.add_column("err %", justify="right")
-    table.add_column("p95 ms", justify="right")
-    table.add_column("max ms", justify="right")
-    table.add_column("tokens in", justify="right")
-    table.add_column("tokens out", justify="right")
-    table.add_column("cost $", justify="right")
+    wide = width is None or width >= NARROW_COLUMNS
     busiest = max(g.spans_per_second for g in snapshot.groups) or 1.0
-    rows = [*snapshot.groups]
+    groups = [*snapshot.groups]
     total = snapshot.total
-    for i, group in enumerate([*rows, total] if total is not None and len(rows) > 1 else rows):
-        is_total = i == len(rows)
+    shown = [*groups, total] if total is not None and len(groups) > 1 else groups
+    extra = ("max ms", "tokens in", "tokens out") if wide else ()
+    headers = ["spans/s", "spans", "errors", "err %", "p95 ms", *extra, "cost $"]
+    rows: list[tuple[list[str], list[Text | str], RenderableType, bool]] = []
+    for i, group in enumerate(shown):
+        is_total = i == len(groups)
         keys = (
             ["total", *([""] * (len(options.by) - 1))]
             if is_total
             else [_model_text(group.keys[k]) if k == "model" else group.keys[k] for k in options.by]
         )
         bar: RenderableType = "" if is_total else Bar(busiest, 0, group.spans_per_second, width=12, color="cyan")
-        p95 = ("" if group.sketch is not None else "≤") + f"{group.p95_ms:,.1f}"  # ≤: an upper bound
-        table.add_row(
-            *keys,
+        p95 = ("" if group.sketch is not None else "≤") + f"{group.p95_ms:,.{1 if wide else 0}f}"  # ≤: upper bound
+        numbers: list[Text | str] = [
             f"{group.spans_per_second:,.2f}",
-            bar,
             f"{group.calls:,}",
             f"{group.errors:,}",
             Text(f"{group.error_rate * 100:.1f}", style=_error_style(group.error_rate)),
             p95,
-            f"{group.max_ms:,.1f}",
-            f"{group.input_tokens:,}",
-            f"{group.output_tokens:,}",
+            *([f"{group.max_ms:,.1f}", f"{group.input_tokens:,}", f"{group.output_tokens:,}"] if wide else []),
             f"{group.cost_usd:,.4f}",
-            style="bold" if is_total else None,
-            end_section=i == len(rows) - 1,
-        )
+        ]
+        rows.append((keys, numbers, bar, is_total))
+    naturals = [
+        max([len(header)] + [len(str(numbers[j])) for _, numbers, _, _ in rows]) for j, header in enumerate(headers)
+    ]
+    # the names get what the numbers leave (2 cells between columns), each at most 40, at least 6
+    room = (
+        (width or 10_000)
+        - sum(naturals)
+        - (12 if wide else 0)
+        - 2 * (len(headers) + len(options.by) - (0 if wide else 1))
+    )
+    table = Table(box=None, header_style="bold", pad_edge=False, show_edge=False)
+    for k, key in enumerate(options.by):
+        natural = max([len(key)] + [len(keys[k]) for keys, _, _, _ in rows])
+        share = max(6, min(natural, 40, room // len(options.by)))
+        table.add_column(key, no_wrap=True, overflow="ellipsis", width=share)
+    for j, header in enumerate(headers):
+        table.add_column(header, no_wrap=True, justify="right", min_width=naturals[j])
+        if j == 0 and wide:
+            table.add_column("", width=12, no_wrap=True)  # the share of the busiest group, as a bar
+    for i, (keys, numbers, bar, is_total) in enumerate(rows):
+        cells = [*keys, numbers[0], *([bar] if wide else []), *numbers[1:]]
+        table.add_row(*cells, style="bold" if is_total else None, end_section=i == len(groups) - 1)
     return table
 
 
@@ -420,7 +436,9 @@ def live(
         log.setLevel(max(log.level, logging.ERROR))
     snapshot = first
     try:
-        with Live(render(snapshot, interval=interval, note=note), console=console, auto_refresh=False) as view:
+        with Live(
+            render(snapshot, interval=interval, note=note, width=console.width), console=console, auto_refresh=False
+        ) as view:
             next_at = clock() + interval
             while True:
                 time.sleep(max(next_at - clock(), 0.0))
@@ -430,7 +448,7 @@ def live(
                     shown = note
                 except ReadError as exc:
                     shown = f"refresh failed (retrying every {interval:g} s): {failure_line(exc, url)}"
-                view.update(render(snapshot, interval=interval, note=shown), refresh=True)
+                view.update(render(snapshot, interval=interval, note=shown, width=console.width), refresh=True)
     except KeyboardInterrupt:
         pass
     finally:
@@ -473,7 +491,7 @@ def show_top(
                 return 0
             console = console or make_console()
             if once:
-                console.print(render(first))
+                console.print(render(first, width=console.width))
                 return 0
             return live(console, fetch, first, options.interval, url=settings.clickhouse.url, note=note)
     except KeyboardInterrupt:  # Ctrl-C while starting or stopping: the user is done, not failing

@@ -24,6 +24,7 @@ from rich.text import Text
 from tracehouse.cli.query import (
     ReadError,
     UsageError,
+    _fit_widths,
     clickhouse_errors,
     emit_json,
     guarded,
@@ -31,6 +32,7 @@ from tracehouse.cli.query import (
     make_console,
 )
 from tracehouse.core.config import Settings
+from tracehouse.core.prompt_identity import first_line
 from tracehouse.sinks.queries import QUERIES, run_query
 from tracehouse.sinks.trace_tree import SpanNode, TraceTree, build_tree, node_from_row
 
@@ -44,9 +46,11 @@ KIND_COLORS = {
     "CHAIN": "green",
     "GUARDRAIL": "bright_yellow",
     "EVALUATOR": "bright_blue",
+    "PROMPT": "bright_magenta",
 }
 _EIGHTHS = " ▏▎▍▌▋▊▉█"  # left-aligned partial blocks, 0/8 .. 8/8 of a cell
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+_PREFIX = re.compile(r"^[0-9a-f]{6,31}$")
 STACK_LINES = 4
 
 
@@ -66,6 +70,17 @@ def load_trace(client: Any, trace_id: str) -> TraceTree | None:
         if node is not None:
             node.details = record
     return tree
+
+
+def resolve_prefix(client: Any, prefix: str) -> str:
+    """The one trace id starting with `prefix` (tables show ids cut to a prefix), else the prefix itself."""
+    rows = client.query(
+        "SELECT DISTINCT trace_id FROM trace_id_ts WHERE startsWith(trace_id, {p:String}) LIMIT 2",
+        parameters={"p": prefix},
+    ).result_rows
+    if len(rows) > 1:
+        raise UsageError(f"trace id prefix {prefix} is ambiguous: give more digits")
+    return rows[0][0] if rows else prefix
 
 
 # ---- formatting -------------------------------------------------------------------------------------
@@ -244,11 +259,52 @@ def _summary(tree: TraceTree) -> Text:
     return text
 
 
-def _detail_table(title: str, columns: Sequence[str]) -> Table:
-    table = Table(title=title, title_justify="left", title_style="bold", show_lines=False)
-    for column in columns:
-        table.add_column(column, overflow="fold", max_width=70)
-    return table
+class DetailTable:
+    """One of the tables under the waterfall, sized when printed: every cell one line (cut with an
+    ellipsis) except a stack's first lines, short columns (times, scores, parameters) whole."""
+
+    FIXED = frozenset({"at", "kind", "position", "score", "temperature", "max_tokens", "top_p", "cost", "version"})
+
+    def __init__(self, title: str, columns: Sequence[str]) -> None:
+        self.title = title
+        self.columns = list(columns)
+        self.caption: str | None = None
+        self.rows: list[tuple[Text | str, ...]] = []
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows)
+
+    def add_row(self, *cells: Text | str) -> None:
+        self.rows.append(cells)
+
+    def build(self, width: int) -> Table:
+        def widest_line(value: Text | str) -> str:
+            plain = value.plain if isinstance(value, Text) else value
+            return max(plain.splitlines() or [""], key=len)
+
+        texts = [[widest_line(c) for c in row] for row in self.rows]
+        fixed = [c in self.FIXED or c.startswith("in (") for c in self.columns]
+        widths = _fit_widths(width, self.columns, texts, fixed)
+        table = Table(
+            title=self.title, title_justify="left", title_style="bold", caption=self.caption,
+            caption_justify="left", box=None, padding=(0, 2, 0, 0), pad_edge=False, header_style="bold",
+        )  # fmt: skip
+        for column, column_width in zip(self.columns, widths, strict=True):
+            multiline = column.startswith("stack")  # a stack's first lines; every other cell is one line
+            table.add_column(
+                column, overflow="ellipsis", no_wrap=True, width=column_width,
+                justify="right" if column in ("at", "score", "position", "cost") else "left",
+            )  # fmt: skip
+            if multiline:
+                table.columns[-1].no_wrap = False
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+
+def _detail_table(title: str, columns: Sequence[str]) -> DetailTable:
+    return DetailTable(title, columns)
 
 
 def _short(text: str, limit: int) -> str:
@@ -268,7 +324,7 @@ def _error_row(table: Table, node: SpanNode, offset_ns: int, kind: str, message:
     table.add_row(Text(node.name, style="red"), f"+{fmt_duration(offset_ns)}", kind, Text(message, style="red"), stack)
 
 
-def detail_tables(tree: TraceTree) -> list[Table]:
+def detail_tables(tree: TraceTree) -> list[DetailTable]:
     """LLM parameters, prompt templates, retrieved documents and exceptions, each only when present."""
     t0 = tree.start_ns
     system_prompts = {d["system_prompt"] for n in tree.spans if (d := n.details) is not None and n.kind == "LLM"}
@@ -280,7 +336,6 @@ def detail_tables(tree: TraceTree) -> list[Table]:
     )  # fmt: skip
     if shared_prompt and (prompt := next(iter(system_prompts))):
         llm.caption = f"system prompt of every call: {_short(prompt, 300)}"
-        llm.caption_justify = "left"
     prompts = _detail_table("Prompt templates", ["span", "template", "version", "variables"])
     docs = _detail_table("Retrieved documents", ["span", "kind", "position", "score", "document", "content"])
     errors = _detail_table("Exceptions", ["span", "at", "type", "message", "stack (first lines)"])
@@ -300,9 +355,10 @@ def detail_tables(tree: TraceTree) -> list[Table]:
                 fmt_cost(d["cost_usd"]), d["finish_reason"],
                 *([] if shared_prompt else [_short(d["system_prompt"], 80)]),
             )  # fmt: skip
-        if d["prompt_template"]:
+        if d["prompt_template"] or d["prompt_text"]:
             variables = "; ".join(f"{k}={_short(v, 60)}" for k, v in d["prompt_variables"].items())
-            prompts.add_row(node.name, d["prompt_template"], d["prompt_version"], variables)
+            label = d["prompt_template"] or f"{d['prompt_key']} {first_line(d['prompt_text'])}"
+            prompts.add_row(node.name, label, d["prompt_version"], variables)
         for doc in d["documents"]:
             score = "" if doc["score"] is None else f"{doc['score']:.4f}"
             docs.add_row(node.name, node.kind, str(doc["position"]), score, doc["id"], _short(doc["content"], 60))
@@ -320,7 +376,7 @@ def render_trace(tree: TraceTree, console: Console) -> None:
         console.print(line, no_wrap=True, overflow="ellipsis", crop=True)
     for table in detail_tables(tree):
         console.print()
-        console.print(table)
+        console.print(table.build(console.width))
 
 
 def trace_json(tree: TraceTree) -> dict[str, Any]:
@@ -356,9 +412,9 @@ def trace_json(tree: TraceTree) -> dict[str, Any]:
                               "finish_reason", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
                               "cost_source")
                 }  # fmt: skip
-            if d["prompt_template"]:
+            if d["prompt_template"] or d["prompt_text"]:
                 item["prompt"] = {
-                    "template": d["prompt_template"],
+                    "template": d["prompt_key"],
                     "version": d["prompt_version"],
                     "variables": jsonable(d["prompt_variables"]),
                 }
@@ -390,15 +446,20 @@ def trace_json(tree: TraceTree) -> dict[str, Any]:
 def show_trace(settings: Settings, trace_id: str, *, as_json: bool = False, console: Console | None = None) -> int:
     from tracehouse.cli.reading import clickhouse_for_reading
 
-    trace_id = trace_id.strip().lower()
+    trace_id = trace_id.strip().rstrip("…").lower()
     if not trace_id:
         raise UsageError("give a trace id")
     with clickhouse_errors(settings), clickhouse_for_reading(settings) as client:
+        if _PREFIX.match(trace_id):  # the prefix a table shows
+            trace_id = resolve_prefix(client, trace_id)
         tree = load_trace(client, trace_id)
     if tree is None:
         target = settings.clickhouse
         hint = "" if _TRACE_ID.match(trace_id) else " (trace ids are 32 hex digits)"
-        raise ReadError(f"trace {trace_id} not found in database {target.database} at {target.url}{hint}")
+        raise ReadError(
+            f"trace {trace_id} not found in database {target.database} at {target.url}{hint}; "
+            "recent trace ids: tracehouse query slowest-calls"
+        )
     if as_json:
         emit_json(trace_json(tree))
     else:

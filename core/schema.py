@@ -36,6 +36,7 @@ SpanKind = Literal[
     "AGENT",
     "GUARDRAIL",
     "EVALUATOR",
+    "PROMPT",
     "UNKNOWN",
 ]
 SPAN_KINDS: tuple[str, ...] = SpanKind.__args__  # type: ignore[attr-defined]

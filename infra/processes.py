@@ -29,6 +29,7 @@ class ManagedProcess:
         env = dict(os.environ)
         env.update(self.env or {})
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env["NO_COLOR"] = "1"  # a log file gets text, not terminal colour codes
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tracehouse.cli.main", *self.args],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,10 +50,17 @@ def test_demo_runs_on_the_embedded_defaults_and_exits_zero(tmp_path: Path) -> No
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "started Kafka (noida-db)" in out and "started ClickHouse (embedded engine)" in out
-    assert "queryable in" in out and "0 dropped, 0 failed" in out
+    assert "queryable" in out and "0 dropped, 0 failed" in out
     for title in ("Latency", "Most expensive calls", "Runtime exceptions", "Retrieved documents",
-                  "LLM parameters", "Prompt templates"):
+                  "LLM parameters", "Prompt templates", "What the stream processor made of it", "One trace",
+                  "tracehouse top", "alert rate-limits", "Keep going", "tracehouse up"):
         assert title in out, title
+    history = re.search(r"sent (\d+) spans in (\d+) traces dated", out)
+    total = re.search(r"(\d+)/(\d+) spans of (\d+) traces queryable", out)
+    assert history and total, out[-3000:]
+    history_spans = int(history.group(1))
+    sent_spans, sent_traces = int(total.group(2)), int(total.group(3))
+    assert int(total.group(1)) == sent_spans >= history_spans
     # It stopped what it started: nothing answers at either address any more.
     kafka_port = int(env["TRACEHOUSE_KAFKA_BOOTSTRAP"].rsplit(":", 1)[1])
     clickhouse = parse_clickhouse_url(env["TRACEHOUSE_CLICKHOUSE_URL"])
@@ -62,6 +70,32 @@ def test_demo_runs_on_the_embedded_defaults_and_exits_zero(tmp_path: Path) -> No
             capture_output=True,
         )
         assert probe.returncode != 0, f"port {port} still answers"
+
+    # What the stream processor made of it is stored, and agrees with what was sent.
+    by_window = (
+        "SELECT r.w AS w, r.c AS rolled, s.c AS stored FROM"
+        " (SELECT window_start AS w, sum(count) AS c FROM tracehouse.rollups FINAL WHERE window_seconds = 10"
+        "  GROUP BY w) AS r"
+        " LEFT JOIN (SELECT toStartOfInterval(end_time, INTERVAL 10 SECOND) AS w, count() AS c"
+        "  FROM tracehouse.spans GROUP BY w) AS s USING w"
+    )
+    sql = (
+        "SELECT (SELECT count() FROM tracehouse.spans), (SELECT count() FROM tracehouse.traces FINAL),"
+        f" (SELECT countIf(rolled > stored) FROM ({by_window})),"
+        f" (SELECT sumIf(rolled, rolled = stored) FROM ({by_window})),"
+        " (SELECT count() FROM tracehouse.alerts FINAL WHERE rule = 'rate-limits' AND state = 'firing')"
+        " FORMAT TSV"
+    )
+    after = subprocess.run(
+        [sys.executable, "-m", "tracehouse.cli.main", "sql", sql], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert after.returncode == 0, after.stderr[-3000:]
+    spans, traces, over, matched, alerts = map(int, after.stdout.split())
+    assert spans == sent_spans
+    assert traces == sent_traces  # every trace assembled, the live ones too
+    assert over == 0  # no window counts a span twice
+    assert history_spans <= matched <= sent_spans  # every window of the past minute's traffic is closed and exact
+    assert alerts >= 1  # the burst tripped the built-in rate-limit rule
 
 
 def test_up_serves_sql_while_running_and_keeps_the_data_afterwards(tmp_path: Path) -> None:

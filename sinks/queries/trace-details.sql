@@ -1,5 +1,5 @@
 -- name: trace-details
--- description: What the six questions need about one trace's spans: LLM parameters, token classes, prompt template and variables, retrieved documents with score and position, exception events. Only spans that carry any of these; payloads trimmed.
+-- description: What the six questions need about one trace's spans: LLM parameters, token classes, prompt template (its name, or for a nameless one the hash of its text: prompt_key) and variables, retrieved documents with score and position, exception events. Only spans that carry any of these; payloads trimmed.
 -- params: trace_id String = ''
 SELECT
     span_id,
@@ -19,6 +19,8 @@ SELECT
     cost_usd,
     cost_source,
     prompt_template,
+    if(prompt_template != '' OR prompt_text = '', prompt_template, concat('#', substring(lower(hex(SHA256(prompt_text))), 1, 10))) AS prompt_key,
+    substring(prompt_text, 1, 500) AS prompt_text,
     prompt_version,
     prompt_variables,
     arrayMap(d -> CAST(tuple(d.id, substring(d.content, 1, 200), d.score, d.position),
@@ -35,7 +37,7 @@ FROM spans
 WHERE trace_id = {trace_id:String}
   AND start_time >= (SELECT min(start) FROM trace_id_ts WHERE trace_id = {trace_id:String})
   AND start_time <= (SELECT max(end) FROM trace_id_ts WHERE trace_id = {trace_id:String})
-  AND (kind = 'LLM' OR model != '' OR prompt_template != '' OR notEmpty(documents) OR notEmpty(events)
+  AND (kind = 'LLM' OR model != '' OR prompt_template != '' OR prompt_text != '' OR notEmpty(documents) OR notEmpty(events)
        OR status = 'ERROR')
 ORDER BY start_time, span_id
 LIMIT 1 BY span_id

@@ -33,7 +33,7 @@ SELECT
     arrayMap(d -> CAST(tuple(d.id, substringUTF8(d.content, 1, {max_doc_chars:UInt32}), d.score, d.position, d.metadata),
                        'Tuple(id String, content String, score Nullable(Float64), position UInt32, metadata Map(String, String))'),
              documents) AS document_list,
-    prompt_template,
+    if(prompt_template != '' OR prompt_text = '', prompt_template, concat('#', substring(lower(hex(SHA256(prompt_text))), 1, 10))) AS prompt_template,
     prompt_version,
     substringUTF8(prompt_text, 1, {max_chars:UInt32}) AS prompt_text_cut,
     prompt_variables,

@@ -11,7 +11,8 @@ const RANGES = [["1h", "Last hour"], ["6h", "Last 6 hours"], ["24h", "Last 24 ho
 const BY = [["model", "Model"], ["service", "Service"], ["kind", "Kind"], ["name", "Span name"]];
 const KINDS = [["", "LLM, retrieval, embedding, rerank"], ["*", "All kinds"], ["LLM", "LLM"],
   ["RETRIEVER", "Retriever"], ["RERANKER", "Reranker"], ["EMBEDDING", "Embedding"], ["TOOL", "Tool"],
-  ["AGENT", "Agent"], ["CHAIN", "Chain"], ["GUARDRAIL", "Guardrail"], ["EVALUATOR", "Evaluator"]];
+  ["AGENT", "Agent"], ["CHAIN", "Chain"], ["GUARDRAIL", "Guardrail"], ["EVALUATOR", "Evaluator"],
+  ["PROMPT", "Prompt"]];
 
 const CHARTS = [
   { title: "Latency p50", key: "p50_ms", kind: "line", format: fmtMs },

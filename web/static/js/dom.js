@@ -121,7 +121,7 @@ export function fmtAgo(iso) {
 
 export const KIND_SHORT = {
   LLM: "LLM", RETRIEVER: "RETR", RERANKER: "RRNK", EMBEDDING: "EMB", TOOL: "TOOL", AGENT: "AGNT",
-  CHAIN: "CHAIN", GUARDRAIL: "GUARD", EVALUATOR: "EVAL", UNKNOWN: "?",
+  CHAIN: "CHAIN", GUARDRAIL: "GUARD", EVALUATOR: "EVAL", PROMPT: "PRMT", UNKNOWN: "?",
 };
 
 export function kindBadge(kind) {

@@ -107,11 +107,19 @@ function templateText(text, variables) {
   return pre;
 }
 
+function firstLine(text) {
+  const line = text.split("\n").map((l) => l.trim()).find((l) => l) || "";
+  return line.length > 60 ? line.slice(0, 59) + "…" : line;
+}
+
 function prompt(span) {
   const p = span.prompt;
   if (!p) return null;
   return section("Prompt template",
-    h("div.prompt-name", h("strong", p.template || "(unnamed)"), p.version ? h("span.chip", p.version) : null),
+    h("div.prompt-name", h("strong", p.template || "(unnamed)"),
+      // a template sent without a name is known by the hash of its text (`#` + 10 hex digits): say which one
+      p.template.startsWith("#") && p.text ? h("span.muted", firstLine(p.text)) : null,
+      p.version ? h("span.chip", p.version) : null),
     p.text ? templateText(p.text, p.variables) : null,
     Object.keys(p.variables).length
       ? [h("h4", "Variables"), kv(Object.entries(p.variables).map(([k, v]) => [k, h("span.pre-wrap", v)]))] : null);
