@@ -72,6 +72,12 @@ def load_trace(client: Any, trace_id: str) -> TraceTree | None:
     return tree
 
 
+def trace_scores(client: Any, trace_id: str) -> list[dict[str, Any]]:
+    """The trace's scores per name and source (count, average, latest), from the named query `scores`."""
+    result = run_query(client, QUERIES["scores"], {"trace_id": trace_id, "since": "36500d", "limit": 1000})
+    return [jsonable(dict(zip(result.column_names, row, strict=True))) for row in result.result_rows]
+
+
 def resolve_prefix(client: Any, prefix: str) -> str:
     """The one trace id starting with `prefix` (tables show ids cut to a prefix), else the prefix itself."""
     rows = client.query(
@@ -453,6 +459,7 @@ def show_trace(settings: Settings, trace_id: str, *, as_json: bool = False, cons
         if _PREFIX.match(trace_id):  # the prefix a table shows
             trace_id = resolve_prefix(client, trace_id)
         tree = load_trace(client, trace_id)
+        scores = trace_scores(client, trace_id) if as_json and tree is not None else []
     if tree is None:
         target = settings.clickhouse
         hint = "" if _TRACE_ID.match(trace_id) else " (trace ids are 32 hex digits)"
@@ -461,7 +468,7 @@ def show_trace(settings: Settings, trace_id: str, *, as_json: bool = False, cons
             "recent trace ids: tracehouse query slowest-calls"
         )
     if as_json:
-        emit_json(trace_json(tree))
+        emit_json({**trace_json(tree), "scores": scores})
     else:
         render_trace(tree, console or make_console())
     return 0

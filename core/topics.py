@@ -14,13 +14,16 @@ TRACES = "tracehouse.traces"
 ROLLUPS = "tracehouse.rollups"
 ALERTS = "tracehouse.alerts"
 DLQ = "tracehouse.dlq"
+SCORES = "tracehouse.scores"  # scores added after the fact (core/scores.py)
 
-ALL = (SPANS, TRACES, ROLLUPS, ALERTS, DLQ)
+ALL = (SPANS, TRACES, ROLLUPS, ALERTS, DLQ, SCORES)
 
-# Topics partitioned like tracehouse.spans: a trace's spans and its assembled record share a partition
-# number, and the worker's state table is co-partitioned with spans. Their partition count is
+# Topics partitioned like tracehouse.spans: a trace's spans, its assembled record and its scores share a
+# partition number (scores are keyed by trace id like spans, so a worker that folds them in sees a trace's
+# scores where it holds the trace, and in cluster mode they land on the shard of the trace's spans), and
+# the worker's state table is co-partitioned with spans. Their partition count is
 # TRACEHOUSE_SPANS_PARTITIONS; every other topic has one partition (small, and ordered).
-CO_PARTITIONED = (SPANS, TRACES)
+CO_PARTITIONED = (SPANS, TRACES, SCORES)
 
 # How long Kafka keeps records: how long ClickHouse (or the sink) may be away before spans are lost.
 RETENTION_MS = 3 * 24 * 3600 * 1000

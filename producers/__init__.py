@@ -9,6 +9,8 @@
     with span("retrieve", kind="RETRIEVER") as s:
         s.set_documents(docs)
 
+    score(trace_id=trace_id, name="user_feedback", value=0, label="thumbs_down")   # feedback, later
+
 Spans nest through contextvars (across awaits and asyncio tasks; threads need `wrap_context`), continue
 incoming W3C `traceparent` headers, record exceptions (rate limits recognised), and leave the app through
 a bounded background queue to Kafka: the app thread never waits for the network.
@@ -30,6 +32,7 @@ from .propagation import (
     inject_traceparent,
     parse_traceparent,
 )
+from .scores import current_span_id, current_trace_id, score
 from .tracer import (
     SpanSink,
     Tracer,
@@ -59,6 +62,8 @@ __all__ = [
     "Tracer",
     "configure",
     "current_span",
+    "current_span_id",
+    "current_trace_id",
     "current_traceparent",
     "error_type",
     "extract_traceparent",
@@ -68,6 +73,7 @@ __all__ = [
     "inject_traceparent",
     "is_rate_limit",
     "parse_traceparent",
+    "score",
     "set_tracer",
     "shutdown",
     "span",

@@ -25,6 +25,10 @@ batch processor wakes on an event):
 
 A request that stops waiting (its deadline passed) does not take its spans back: they may still reach
 Kafka later, which is harmless because spans are deduplicated by span id downstream.
+
+The same machinery carries scores (`POST /v1/scores`, the web explorer's writes) to `tracehouse.scores`:
+given `topic=topics.SCORES, encoder=ScoreMessageEncoder()`, "spans" below reads "records" (scores are
+deduplicated by score id downstream).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.schema import Span
 
 from .kafka_errors import BROKEN_SEQUENCE, retriable
-from .span_messages import SpanMessage, SpanMessageEncoder
+from .span_messages import MessageEncoder, SpanMessage, SpanMessageEncoder
 
 __all__ = ["AckedSpanSender", "SendOutcome", "SenderStats"]
 
@@ -114,6 +118,7 @@ class AckedSpanSender:
         topic_check_s: float = 1.0,
         client_id: str = "tracehouse-receiver",
         producer_options: dict[str, object] | None = None,
+        encoder: MessageEncoder | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -129,7 +134,7 @@ class AckedSpanSender:
         self.client_id = client_id
         self.producer_options = {**kafka_client_options(), **(producer_options or {})}
         self.stats = SenderStats()
-        self._encoder = SpanMessageEncoder(batch_spans, max_message_bytes)
+        self._encoder: MessageEncoder = encoder or SpanMessageEncoder(batch_spans, max_message_bytes)
         self._queue: list[_Request] = []
         self._queued_spans = 0
         self._pending = 0

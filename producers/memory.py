@@ -9,13 +9,16 @@ from __future__ import annotations
 import threading
 
 from tracehouse.core.schema import Span
+from tracehouse.core.scores import Score
 
 
 class InMemoryTransport:
-    """Collects submitted spans in `.spans` (thread-safe); `max_spans` bounds it like a queue would."""
+    """Collects submitted spans in `.spans` and scores (the SDK's `score()`) in `.scores` (thread-safe);
+    `max_spans` bounds the spans like a queue would."""
 
     def __init__(self, max_spans: int | None = None) -> None:
         self.spans: list[Span] = []
+        self.scores: list[Score] = []
         self.max_spans = max_spans
         self.dropped = 0
         self._lock = threading.Lock()
@@ -27,6 +30,11 @@ class InMemoryTransport:
                 return False
             self.spans.append(span)
             return True
+
+    def submit_score(self, score: Score) -> bool:
+        with self._lock:
+            self.scores.append(score)
+        return True
 
     def stats(self) -> dict[str, int]:
         return {"enqueued": len(self.spans), "sent": len(self.spans), "dropped": self.dropped, "failed": 0}

@@ -14,18 +14,17 @@ sender can split it again when the broker refuses it as too large, and knows who
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from tracehouse.core.partitioning import partition_for
 from tracehouse.core.schema import Span, encode_batch
 
 from .oversize import shrink_to_fit
+from .span_limits import ENVELOPE_BYTES, MAX_MESSAGE_BYTES
 
-__all__ = ["SpanMessage", "SpanMessageEncoder"]
+__all__ = ["MessageEncoder", "SpanMessage", "SpanMessageEncoder"]
 
 log = logging.getLogger("tracehouse.producers")
-
-_ENVELOPE_BYTES = 16  # what the SpanBatch envelope adds around one span
 
 
 class SpanMessage(NamedTuple):
@@ -36,11 +35,20 @@ class SpanMessage(NamedTuple):
     spans: list[Span]
 
 
+class MessageEncoder(Protocol):
+    """What a sender needs to turn records into messages: `SpanMessageEncoder`, or
+    `score_messages.ScoreMessageEncoder` (the same senders carry scores to `tracehouse.scores`)."""
+
+    def messages(self, records: list[Any], partitions: int, dropped: list[Any]) -> list[SpanMessage]: ...
+
+    def split_too_large(self, message: SpanMessage, dropped: list[Any]) -> list[SpanMessage]: ...
+
+
 class SpanMessageEncoder:
     """Encodes spans into `SpanMessage`s; `dropped` (a list the caller passes) receives the spans that
     could not be encoded within the limit at all."""
 
-    def __init__(self, batch_spans: int = 500, max_message_bytes: int = 900_000) -> None:
+    def __init__(self, batch_spans: int = 500, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.batch_spans = batch_spans
         self.max_message_bytes = max_message_bytes
 
@@ -99,7 +107,7 @@ class SpanMessageEncoder:
     def _encode_one(self, partition: int, span: Span, limit: int, out: list[SpanMessage], dropped: list[Span]) -> None:
         """One span alone in a message: shrunk if it is bigger than `limit`, dropped if it cannot be
         encoded at all."""
-        fitted = shrink_to_fit(span, limit - _ENVELOPE_BYTES)
+        fitted = shrink_to_fit(span, limit - ENVELOPE_BYTES)
         if fitted is None:
             dropped.append(span)
             log.error(

@@ -38,9 +38,11 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from tracehouse.core import topics
 from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.schema import Span
+from tracehouse.core.scores import Score
 
 from .kafka_errors import BROKEN_SEQUENCE
-from .span_messages import SpanMessage, SpanMessageEncoder
+from .span_limits import MAX_MESSAGE_BYTES
+from .span_messages import MessageEncoder, SpanMessage, SpanMessageEncoder
 
 log = logging.getLogger("tracehouse.producers")
 
@@ -75,12 +77,13 @@ class SpanTransport:
         max_queue: int = 200_000,
         batch_spans: int = 500,
         linger_s: float = 0.05,
-        max_message_bytes: int = 900_000,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         compression: str | None = "lz4",
         retry_backoff_s: float = 0.5,
         max_retry_s: float = 300.0,
         client_id: str = "tracehouse-producer",
         producer_options: dict[str, object] | None = None,
+        encoder: MessageEncoder | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -94,7 +97,9 @@ class SpanTransport:
         self.client_id = client_id
         self.producer_options = {**kafka_client_options(), **(producer_options or {})}
         self.stats = TransportStats()
-        self._encoder = SpanMessageEncoder(batch_spans, max_message_bytes)
+        self._encoder: MessageEncoder = encoder or SpanMessageEncoder(batch_spans, max_message_bytes)
+        self._scores: SpanTransport | None = None  # the sender of `submit_score`, started on first use
+        self._scores_lock = threading.Lock()
         self._queue: collections.deque[Span] = collections.deque()
         self._in_flight = 0
         self._idle = threading.Condition()
@@ -147,26 +152,66 @@ class SpanTransport:
         self.stats.dropped += len(spans) - len(accepted)
         return len(accepted)
 
+    def submit_score(self, score: Score) -> bool:
+        """Queue a score for `tracehouse.scores` (the SDK's `score()`); False (counted as dropped in
+        `score_stats`) when its queue is full. Scores have a sender of their own, the same class on the
+        scores topic, started on the first score: an app that never scores never pays for it."""
+        scores = self._scores
+        if scores is None:
+            with self._scores_lock:
+                if self._stopping:
+                    return False
+                scores = self._scores
+                if scores is None:
+                    from .score_messages import ScoreMessageEncoder
+
+                    scores = self._scores = SpanTransport(
+                        self.bootstrap,
+                        topic=topics.SCORES,
+                        max_queue=min(self.max_queue, 100_000),
+                        linger_s=self.linger_s,
+                        max_message_bytes=self.max_message_bytes,
+                        compression=self.compression,
+                        retry_backoff_s=self.retry_backoff_s,
+                        max_retry_s=self.max_retry_s,
+                        client_id=f"{self.client_id}-scores",
+                        producer_options=self.producer_options,
+                        encoder=ScoreMessageEncoder(max_message_bytes=self.max_message_bytes),
+                    )
+        return scores.submit(score)  # type: ignore[arg-type]
+
+    @property
+    def score_stats(self) -> TransportStats:
+        """The scores sender's counters (all zero before the first score)."""
+        return self._scores.stats if self._scores is not None else TransportStats()
+
     @property
     def pending(self) -> int:
-        """Spans queued or in flight, not yet acknowledged or given up."""
-        return len(self._queue) + self._in_flight
+        """Spans (and scores) queued or in flight, not yet acknowledged or given up."""
+        own = len(self._queue) + self._in_flight
+        return own + self._scores.pending if self._scores is not None else own
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until every span submitted so far is acknowledged or given up; False on timeout."""
+        """Wait until every span (and score) submitted so far is acknowledged or given up; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self.pending:
+            while len(self._queue) + self._in_flight:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
                 self._idle.wait(timeout=0.05 if remaining is None else min(remaining, 0.05))
+        if self._scores is not None:
+            return self._scores.flush(None if deadline is None else max(deadline - time.monotonic(), 0.0))
         return True
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Flush what can be flushed within `timeout`, then stop the background thread."""
         if self._stopping:
             return
+        with self._scores_lock:
+            scores = self._scores
+        if scores is not None:
+            scores.shutdown(timeout)
         self.flush(timeout)
         self._stopping = True
         if self._loop is not None and self._thread.is_alive():

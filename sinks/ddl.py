@@ -302,6 +302,76 @@ SPANS_MINUTELY_BACKFILL_V2 = (
     + "FROM {db}.spans FINAL\nGROUP BY minute, service, kind, name, model\n"
 )
 
+# ---- version 3: scores added after the fact (core/scores.py), and the scores spans carry ----------------
+#
+# One table for every score, whichever way it came: the sink writes `tracehouse.scores` here (receiver,
+# SDK `score()`, web explorer), and a materialized view copies the scores a span carries (`add_score`,
+# the `spans.scores` column) with source 'sdk'. Exactly once by ReplacingMergeTree on the score id, read
+# with FINAL (as `traces`, `rollups` and `alerts`), not by stored offsets (as `spans`): a redelivered
+# message, a client's retry with the same score_id and a span sent twice all collapse the same way, and
+# scores are few enough that FINAL costs nothing. No PARTITION BY: replacing only happens within a
+# partition, and a retried score may carry another created_at than its first try.
+#
+# A span's scores get a deterministic id (MD5 of trace id, span id and position), so the view, a span
+# stored twice and the backfill below all write the same rows. The span score's own `source` (free text,
+# e.g. "llm_judge") becomes `author`. `ingest_partition` is the Kafka partition of the score (of the
+# span, for those from spans): scores are keyed by trace id like spans, so in cluster mode (sinks/
+# cluster.py shards on it) a trace's scores and spans live on one shard, and a score sent twice lands on
+# the shard of its twin.
+SCORES_V3 = """
+CREATE TABLE IF NOT EXISTS {db}.scores
+(
+    score_id String CODEC(ZSTD(1)),
+    trace_id String CODEC(ZSTD(1)),
+    span_id String CODEC(ZSTD(1)),
+    name LowCardinality(String) CODEC(ZSTD(1)),
+    value Nullable(Float64) CODEC(ZSTD(1)),
+    label LowCardinality(String) CODEC(ZSTD(1)),
+    comment String CODEC(ZSTD(3)),
+    source LowCardinality(String) CODEC(ZSTD(1)),
+    author String CODEC(ZSTD(1)),
+    created_at DateTime64(9) CODEC(Delta(8), ZSTD(1)),
+    ingest_partition UInt16 CODEC(ZSTD(1)),
+    ingested_at DateTime64(3) DEFAULT now64(3) CODEC(Delta(8), ZSTD(1)),
+    INDEX idx_created_at created_at TYPE minmax GRANULARITY 1,
+    INDEX idx_name name TYPE set(1000) GRANULARITY 1
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (trace_id, score_id)
+"""
+
+_SPAN_SCORES_SELECT = """
+SELECT
+    lower(hex(MD5(concat(trace_id, ':', span_id, ':', toString(n))))) AS score_id,
+    trace_id,
+    span_id,
+    score.name AS name,
+    score.value AS value,
+    score.label AS label,
+    score.comment AS comment,
+    'sdk' AS source,
+    score.source AS author,
+    end_time AS created_at,
+    ingest_partition
+"""
+
+_SPAN_SCORES_FROM = """
+ARRAY JOIN scores AS score, arrayEnumerate(scores) AS n
+"""
+
+SCORES_FROM_SPANS_MV_V3 = (
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.scores_from_spans_mv TO {db}.scores AS"
+    + _SPAN_SCORES_SELECT
+    + "FROM {db}.spans"
+    + _SPAN_SCORES_FROM
+)
+
+# The spans stored before this migration: idempotent, since their score ids are deterministic.
+SCORES_FROM_SPANS_BACKFILL_V3 = (
+    "INSERT INTO {db}.scores (score_id, trace_id, span_id, name, value, label, comment, source, author, "
+    "created_at, ingest_partition)" + _SPAN_SCORES_SELECT + "FROM {db}.spans FINAL" + _SPAN_SCORES_FROM
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -321,6 +391,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "spans_minutely: per-minute aggregate states of spans (view + backfill of stored spans)",
         (SPANS_MINUTELY_V2, SPANS_MINUTELY_MV_V2, SPANS_MINUTELY_BACKFILL_V2),
+    ),
+    Migration(
+        3,
+        "scores: scores added after the fact, and the scores spans carry (view + backfill)",
+        (SCORES_V3, SCORES_FROM_SPANS_MV_V3, SCORES_FROM_SPANS_BACKFILL_V3),
     ),
 )
 

@@ -1,5 +1,5 @@
-"""Routes for the pipeline's low-volume outputs: rollups and alerts (ReplacingMergeTree tables, so a
-redelivered record replaces its twin)."""
+"""Routes for the low-volume records: rollups and alerts (the pipeline's outputs) and scores (added after
+the fact); all land in ReplacingMergeTree tables, so a redelivered record replaces its twin."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import msgspec
 
 from tracehouse.core import topics
 from tracehouse.core.schema import SchemaError
+from tracehouse.core.scores import Score, decode_score_batch
 from tracehouse.pipeline.alerts import Alert
 from tracehouse.pipeline.outputs import decode_alerts, decode_rollups
 from tracehouse.pipeline.rollups import Rollup
@@ -70,3 +71,43 @@ def alerts_route() -> Route:
             return [], [Rejected(exc.reason, value)]
 
     return Route(topics.ALERTS, "alerts", AlertRow.__struct_fields__, decode, partition_key=_month_of)
+
+
+class ScoreRow(msgspec.Struct):
+    """One row of `tracehouse.scores`; `created_at` as DateTime64(9) text, `ingest_partition` the Kafka
+    partition the score came from (the cluster mode's sharding key, like spans')."""
+
+    score_id: str
+    trace_id: str
+    span_id: str
+    name: str
+    value: float | None
+    label: str
+    comment: str
+    source: str
+    author: str
+    created_at: str
+    ingest_partition: int
+
+
+def score_row(s: Score, partition: int) -> ScoreRow:
+    seconds, nanos = divmod(s.created_at, 1_000_000_000)
+    return ScoreRow(
+        s.score_id, s.trace_id, s.span_id, s.name, s.value, s.label, s.comment, s.source, s.author,
+        f"{seconds}.{nanos:09d}", partition,
+    )  # fmt: skip
+
+
+def scores_route() -> Route:
+    """`tracehouse.scores` -> `scores`: a score that does not validate goes to the DLQ with its reason,
+    its neighbours in the message land."""
+
+    def decode(value: bytes, partition: int, offset: int, received_ns: int) -> Decoded:
+        try:
+            scores, bad = decode_score_batch(value)
+        except SchemaError as exc:
+            return [], [Rejected(exc.reason, value)]
+        rows: list[msgspec.Struct] = [score_row(s, partition) for s in scores]
+        return rows, [Rejected(reason, payload) for reason, payload in bad]
+
+    return Route(topics.SCORES, "scores", ScoreRow.__struct_fields__, decode)

@@ -141,7 +141,7 @@ def traces_route(retention: Retention | None = None) -> Route:
 def default_routes(prices: PriceTable | None = None, retention: Retention | None = None) -> list[Route]:
     routes = [spans_route(prices or PriceTable(), retention), traces_route(retention)]
     try:
-        from tracehouse.sinks.record_routes import alerts_route, rollups_route
+        from tracehouse.sinks.record_routes import alerts_route, rollups_route, scores_route
     except ImportError:  # pragma: no cover - rollups arrive with the pipeline's rollup records
         return routes
-    return [*routes, rollups_route(), alerts_route()]
+    return [*routes, rollups_route(), alerts_route(), scores_route()]

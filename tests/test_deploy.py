@@ -246,6 +246,7 @@ def test_topics_are_declared_once_in_core_and_made_by_migrate() -> None:
     assert {name for name, spec in specs.items() if spec.partitions == 12 and spec.strict} == {
         topics.SPANS,
         topics.TRACES,
+        topics.SCORES,
     }
     kafka = compose()["services"]["kafka"]["environment"]
     for spec in specs.values():

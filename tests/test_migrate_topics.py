@@ -76,6 +76,7 @@ def test_migrate_creates_every_topic_and_is_idempotent(settings: Settings, broke
         topics.ROLLUPS: 1,
         topics.ALERTS: 1,
         topics.DLQ: 1,
+        topics.SCORES: 3,
     }
     configs = topic_configs(broker.bootstrap, list(topics.ALL))
     for name in topics.ALL:

@@ -16,10 +16,11 @@ requests); a body has a deadline proportional to its declared size with a floor 
 missed) and a size cap (413), and after such an early answer the rest of the body is drained for at most
 `linger_s` (so the client sees the answer, not a reset) before the connection is closed.
 
-Cross-site writes (`writes_guard`): the API reads only today, but any request with a body (POST, PUT,
-PATCH, DELETE) is refused with 403 when it carries an `Origin` other than the server's own host, or an
-`Origin` with a content type a web page may send without a CORS preflight (text/plain, form, multipart).
-Browsers always send `Origin` on such requests; scripts and API clients send none and are not affected.
+Cross-site writes (`writes_guard`): any request with a body (POST, PUT, PATCH, DELETE) is refused with
+403 when it carries an `Origin` other than the server's own host, or an `Origin` with a content type a web
+page may send without a CORS preflight (text/plain, form, multipart). Browsers always send `Origin` on
+such requests; scripts and API clients send none and are not affected. The one write route, scores
+(`web/writes.py`), sits behind this guard and answers only when the operator turned writes on.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from tracehouse.web.models import ApiErrorBody, ErrorBody
 from tracehouse.web.openapi import build_openapi
 from tracehouse.web.params import ApiError
 from tracehouse.web.reader import Reader
+from tracehouse.web.writes import WebWrites
+from tracehouse.web.writes import install as install_score_writes
 
 log = logging.getLogger("tracehouse.web")
 
@@ -166,7 +169,7 @@ async def read_body(request: web.Request, limits: Limits) -> None:
 
 def writes_guard(limits: Limits) -> Middleware:
     """Requests with a body: refused when cross-site, read within a deadline and a size cap before any
-    handler sees them. (No route takes one yet; writes such as scores will sit behind this.)"""
+    handler sees them (the scores route, `web/writes.py`, sits behind this)."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -193,8 +196,9 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html")
 
 
-def create_app(settings: Settings, limits: Limits = LIMITS) -> web.Application:
-    """The application: /api/... (JSON), /api/openapi.json, / (the UI) and /static/... (its files)."""
+def create_app(settings: Settings, limits: Limits = LIMITS, writes: WebWrites | None = None) -> web.Application:
+    """The application: /api/... (JSON), /api/openapi.json, / (the UI) and /static/... (its files).
+    `writes`: whether `POST /api/traces/{id}/scores` is on (default: from the environment, off)."""
     app = web.Application(
         middlewares=[errors_middleware(settings), writes_guard(limits)], client_max_size=limits.max_body_bytes
     )
@@ -212,6 +216,7 @@ def create_app(settings: Settings, limits: Limits = LIMITS) -> web.Application:
     app.cleanup_ctx.append(close_reader)
     for endpoint in ENDPOINTS:
         app.router.add_get(endpoint.path, endpoint.handler)
+    install_score_writes(app, settings, writes)
     app.router.add_get("/api/openapi.json", openapi_json)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)

@@ -16,6 +16,7 @@ import msgspec
 from tracehouse.web.api import ENDPOINTS, Query
 from tracehouse.web.models import RESPONSE_TYPES
 from tracehouse.web.params import TIME_RULES, rules
+from tracehouse.web.writes import SCORES_PATH, WEB_WRITE_TOKEN_ENV, WEB_WRITES_ENV, ScoreAccepted, ScoreBody
 
 REF = "#/components/schemas/{name}"
 
@@ -25,6 +26,15 @@ _ERRORS = {
     "500": "an unexpected server error (details are in the server's log, never in the answer)",
     "502": "ClickHouse answered with an error",
     "503": "ClickHouse cannot be reached, or the schema is missing (run `tracehouse migrate`)",
+}
+
+
+_WRITE_ERRORS = {
+    "400": "the body is not a score: the message names the field",
+    "403": "writes are not enabled (the message says how), the token is missing or wrong, or the request "
+    "came from another site's page",
+    "415": "the body is not application/json",
+    "503": "Kafka cannot take the score now, or did not acknowledge it in time: retry with the same score_id",
 }
 
 
@@ -60,7 +70,7 @@ def query_parameters(query: type[Query]) -> list[dict[str, Any]]:
 
 
 def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
-    _, components = msgspec.json.schema_components(RESPONSE_TYPES, ref_template=REF)
+    _, components = msgspec.json.schema_components((*RESPONSE_TYPES, ScoreBody, ScoreAccepted), ref_template=REF)
     error_ref = {"$ref": REF.format(name="ApiErrorBody")}
     paths: dict[str, Any] = {}
     for endpoint in ENDPOINTS:
@@ -83,6 +93,28 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
                 "responses": responses,
             }
         }
+    paths[SCORES_PATH] = {
+        "post": {
+            "operationId": "postScore",
+            "summary": "Score this trace (user feedback, a review): source `human`. Only when writes are enabled "
+            f"({WEB_WRITE_TOKEN_ENV} or {WEB_WRITES_ENV}=1); 200 once Kafka holds the score",
+            "parameters": _path_parameters(SCORES_PATH),
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": REF.format(name="ScoreBody")}}},
+            },
+            "responses": {
+                "200": {
+                    "description": "Kafka holds the score (the same score_id sent again is stored once)",
+                    "content": {"application/json": {"schema": {"$ref": REF.format(name="ScoreAccepted")}}},
+                },
+                **{
+                    status: {"description": text, "content": {"application/json": {"schema": error_ref}}}
+                    for status, text in _WRITE_ERRORS.items()
+                },
+            },
+        }
+    }
     paths["/api/openapi.json"] = {
         "get": {
             "operationId": "getOpenApi",
@@ -96,8 +128,9 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
         "info": {
             "title": "tracehouse web API",
             "version": version,
-            "description": "Read-only JSON API over the tracehouse ClickHouse tables (spans, traces, "
-            "spans_minutely, alerts): traces with their span trees, rollups over time, alerts. "
+            "description": "JSON API over the tracehouse ClickHouse tables (spans, traces, "
+            "spans_minutely, alerts): traces with their span trees, rollups over time, alerts; and one write, "
+            "scores on a trace, off unless enabled. "
             "Times are ISO-8601 UTC; durations are nanoseconds unless the name says otherwise.",
         },
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",

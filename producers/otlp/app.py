@@ -1,5 +1,6 @@
-"""The OTLP/HTTP trace receiver as an aiohttp application: `POST /v1/traces`, `GET /health` (numbers),
-`GET /health/live` and `GET /health/ready` (for a supervisor, as the worker and the sink serve them).
+"""The OTLP/HTTP trace receiver as an aiohttp application: `POST /v1/traces`, `POST /v1/scores` (scores
+added after the fact, JSON `{"scores": [...]}`), `GET /health` (numbers), `GET /health/live` and
+`GET /health/ready` (for a supervisor, as the worker and the sink serve them).
 
 Every answer follows the OTLP/HTTP spec, because exporters decide what to do from the status code:
 
@@ -16,6 +17,12 @@ Every answer follows the OTLP/HTTP spec, because exporters decide what to do fro
 
 A 200 means Kafka holds every span of the request (acks=all): the spans go through the
 `AckedSpanSender` on this event loop, which shares Kafka sends between concurrent requests.
+
+`POST /v1/scores` is held to the same rules (bearer token, body deadline and byte budget, 200 only once
+Kafka holds every score, 503 with Retry-After otherwise) with a second sender of the same kind on
+`tracehouse.scores`. A request is all or nothing: one bad item is a 400 naming its index and field
+(`scores[2].value: ...`) and nothing of the request is sent. The 200 lists the score ids (generated where
+the client sent none), so a client can retry idempotently.
 
 Memory and CPU are bounded without letting slow clients hold anything that others need: bodies being
 read share a byte budget (`read_budget_bytes`, counted as bytes arrive, not as declared), each at most
@@ -38,12 +45,14 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from tracehouse.core.schema import Span
+from tracehouse.core.schema import SchemaError, Span
+from tracehouse.core.scores import MAX_SCORES_PER_REQUEST, Score, decode_score_items
 
+from ..acked_scores import store_scores
 from ..acked_sender import SendOutcome
 from ..payload import DEFAULT_MAX_PAYLOAD_BYTES
 from .auth import TokenCheck, load_tokens
-from .body import SUPPORTED_ENCODINGS
+from .body import SUPPORTED_ENCODINGS, decompress
 from .body_reader import BudgetExhausted, ByteBudget, read_body
 from .errors import RequestError
 from .ingest import IngestResult, ingest
@@ -56,6 +65,7 @@ __all__ = [
     "LIVE_PATH",
     "READY_PATH",
     "RECEIVER_KEY",
+    "SCORES_PATH",
     "TRACES_PATH",
     "Receiver",
     "ReceiverOptions",
@@ -67,6 +77,8 @@ __all__ = [
 log = logging.getLogger("tracehouse.receiver")
 
 TRACES_PATH = "/v1/traces"
+SCORES_PATH = "/v1/scores"
+MAX_SCORES_BODY_BYTES = 4 * 1024 * 1024  # MAX_SCORES_PER_REQUEST scores of bounded size fit well within
 HEALTH_PATH = "/health"
 READY_PATH = "/health/ready"
 LIVE_PATH = "/health/live"
@@ -179,6 +191,8 @@ class ReceiverStats:
     throttled: int = 0  # 503 of any kind: the exporter retries
     ack_timeouts: int = 0  # 503 because Kafka did not acknowledge within ack_timeout_s
     send_failures: int = 0  # 503 because Kafka refused the spans (not retriable) or the sender stopped
+    score_requests: int = 0  # POST /v1/scores
+    scores_accepted: int = 0  # acknowledged by Kafka and answered 200
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -187,8 +201,11 @@ class ReceiverStats:
 class Receiver:
     """The handlers and their state: the sender, the limits, the byte budget, the worker thread."""
 
-    def __init__(self, sender: SpanSender, options: ReceiverOptions | None = None) -> None:
+    def __init__(
+        self, sender: SpanSender, options: ReceiverOptions | None = None, score_sender: SpanSender | None = None
+    ) -> None:
         self.sender = sender
+        self.score_sender = score_sender  # None: this receiver takes no scores (503)
         self.options = options or ReceiverOptions()
         self.stats = ReceiverStats()
         self.auth = TokenCheck(self.options.tokens)
@@ -203,11 +220,17 @@ class Receiver:
         self._budget = ByteBudget(self.options.read_budget_bytes)
         # One thread: decoding holds the GIL, so more threads would only contend for it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracehouse-receiver")
-        await self.sender.start()
+        if self.score_sender is not None:
+            await asyncio.gather(self.sender.start(), self.score_sender.start())
+        else:
+            await self.sender.start()
 
     async def _on_cleanup(self, app: web.Application) -> None:
         """After the requests in flight are answered: flush what is left, then stop."""
-        if not await self.sender.stop(timeout=self.options.ack_timeout_s + 5):
+        timeout = self.options.ack_timeout_s + 5
+        if self.score_sender is not None and not await self.score_sender.stop(timeout=timeout):
+            log.error("%d scores accepted before the stop were not acknowledged by Kafka", self.score_sender.pending)
+        if not await self.sender.stop(timeout=timeout):
             log.error("%d spans accepted before the stop were not acknowledged by Kafka", self.sender.pending)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -260,6 +283,8 @@ class Receiver:
             "bytes_being_read": self._budget.used if self._budget is not None else 0,
             **{k: v for k, v in sender.health().items() if k != "pending_spans"},
         }
+        if self.score_sender is not None:
+            body["scores"] = self.score_sender.health()  # the same numbers, counting scores
         return web.json_response(body)
 
     async def ready(self, request: web.Request) -> web.Response:
@@ -346,6 +371,74 @@ class Receiver:
             await self._budget.give_back(held)
         return await self._forward(result, reply_as)
 
+    async def scores(self, request: web.Request) -> web.Response:
+        """`POST /v1/scores`: JSON `{"scores": [...]}`; 200 `{"accepted": n, "score_ids": [...]}` once
+        Kafka holds every score, 400 naming the first bad item's index and field (nothing sent)."""
+        stats = self.stats
+        stats.requests += 1
+        stats.score_requests += 1
+        if not self.auth.allows(request.headers.get("Authorization")):
+            stats.unauthorized += 1
+            return self._error(401, JSON, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+        if request.content_type != "application/json":
+            stats.unsupported += 1
+            return self._error(
+                415, JSON, f"Content-Type {request.content_type!r} is not supported; use application/json"
+            )
+        content_encoding = request.headers.get("Content-Encoding", "")
+        if content_encoding.strip().lower() not in SUPPORTED_ENCODINGS:
+            stats.unsupported += 1
+            return self._error(
+                415, JSON, f"Content-Encoding {content_encoding!r} is not supported; use gzip or deflate"
+            )
+        sender = self.score_sender
+        if sender is None:
+            return self._throttled(JSON, "this receiver was started without a scores sender")
+        if sender.closing or not sender.connected:
+            why = (
+                "shutting down"
+                if sender.closing
+                else "waiting for Kafka or the scores topic (run `tracehouse migrate`)"
+            )
+            return self._throttled(JSON, f"receiver is {why}; retry later")
+
+        assert self._budget is not None, "the receiver app was not started"
+        options = self.options
+        held = 0
+        try:
+            body, held = await read_body(
+                request,
+                self._budget,
+                max_bytes=min(options.max_body_bytes, MAX_SCORES_BODY_BYTES),
+                floor_s=options.body_timeout_s,
+                min_rate=options.min_upload_rate,
+            )
+            body = decompress(body, content_encoding, min(options.max_decompressed_bytes, 4 * MAX_SCORES_BODY_BYTES))
+            scores: list[Score] = decode_score_items(body, max_items=MAX_SCORES_PER_REQUEST)
+        except SchemaError as exc:
+            stats.bad_requests += 1
+            return self._error(400, JSON, exc.reason)
+        except RequestError as exc:
+            if exc.status == 408:
+                stats.too_slow += 1
+            elif exc.status == 413:
+                stats.too_large += 1
+            else:
+                stats.bad_requests += 1
+            response = self._error(exc.status, JSON, exc.reason)
+            if exc.status in (408, 413):
+                response.force_close()
+            return response
+        except BudgetExhausted as exc:
+            return self._throttled(JSON, f"receiver busy: {exc}; retry later")
+        finally:
+            await self._budget.give_back(held)
+        refusal = await store_scores(sender, scores, options.ack_timeout_s)  # type: ignore[arg-type]
+        if refusal is not None:
+            return self._throttled(JSON, refusal.message)
+        stats.scores_accepted += len(scores)
+        return web.json_response({"accepted": len(scores), "score_ids": [s.score_id for s in scores]})
+
     async def _process(self, body: bytes, media_type: str, content_encoding: str) -> IngestResult:
         options = self.options
         args = (body, media_type, content_encoding, options.max_decompressed_bytes, options.max_payload_bytes)
@@ -398,14 +491,31 @@ class Receiver:
 RECEIVER_KEY = web.AppKey("tracehouse_receiver", Receiver)
 
 
-def create_app(sender: SpanSender, options: ReceiverOptions | None = None) -> web.Application:
+def create_app(
+    sender: SpanSender, options: ReceiverOptions | None = None, score_sender: SpanSender | None = None
+) -> web.Application:
     """The receiver application; it starts `sender` on its event loop and stops (flushes) it last.
     Serve it with aiohttp's transparent decompression off (`AppRunner(app, auto_decompress=False)`,
-    as `ReceiverServer` does): the receiver decompresses bodies itself, under its size limit."""
-    receiver = Receiver(sender, options)
+    as `ReceiverServer` does): the receiver decompresses bodies itself, under its size limit.
+
+    `score_sender` carries `POST /v1/scores`; when None and `sender` is an `AckedSpanSender`, one like it
+    on `tracehouse.scores` is made (same Kafka, same client options)."""
+    if score_sender is None:
+        from ..acked_scores import scores_sender
+        from ..acked_sender import AckedSpanSender
+
+        if isinstance(sender, AckedSpanSender):
+            score_sender = scores_sender(
+                sender.bootstrap,
+                client_id=f"{sender.client_id}-scores",
+                max_pending=sender.max_pending,
+                producer_options=sender.producer_options,
+            )
+    receiver = Receiver(sender, options, score_sender)
     app = web.Application()
     app[RECEIVER_KEY] = receiver
     app.router.add_post(TRACES_PATH, receiver.traces)
+    app.router.add_post(SCORES_PATH, receiver.scores)
     app.router.add_get(HEALTH_PATH, receiver.health)
     app.router.add_get(READY_PATH, receiver.ready)
     app.router.add_get(LIVE_PATH, receiver.live)

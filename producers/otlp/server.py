@@ -147,7 +147,7 @@ async def _serve(sender: SpanSender, options: ReceiverOptions, host: str, port: 
     await server.start()
     auth = "bearer tokens required" if server.receiver.auth.enabled else "no authentication"
     print(f"tracehouse receiver started on {server.url}", file=sys.stderr, flush=True)
-    log.info("receiving OTLP/HTTP traces at %s/v1/traces (%s)", server.url, auth)
+    log.info("receiving OTLP/HTTP traces at %s/v1/traces and scores at %s/v1/scores (%s)", server.url, server.url, auth)
     try:
         await stop.wait()
     finally:
