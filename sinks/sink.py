@@ -549,9 +549,12 @@ class Sink:
         for buffer in batch.buffers.values():
             if buffer.chunks and not await self._insert_all(buffer, stop):
                 return False
-        if self._exit_before_commit is not None and self.stats.batches + 1 >= self._exit_before_commit:
-            log.warning("fault injection: exit after inserting batch %d, before its commit", self.stats.batches + 1)
-            os._exit(137)
+        spans_buffer = batch.buffers.get(topics.SPANS)
+        if self._exit_before_commit is not None and spans_buffer is not None and spans_buffer.chunks:
+            self._exit_before_commit -= 1  # counts batches that carry spans: the topic also holds trace records
+            if self._exit_before_commit <= 0:
+                log.warning("fault injection: exit after inserting a batch of spans, before its commit")
+                os._exit(137)
         self.stats.rows += batch.rows
         self.stats.batches += 1
         self.stats.last_batch_rows = batch.rows
