@@ -14,7 +14,7 @@ batch processor wakes on an event):
   with the load.
 - Errors are classified like aiokafka's own sender: retriable (broker away, not leader, timeout) are
   retried with backoff while the requests wait; a message the broker finds too large is split (and the
-  idempotent producer, whose sequence numbers that refusal breaks, is replaced: `kafka_errors`); anything
+  idempotent producer, whose sequence numbers that refusal breaks, is replaced: `kafka_producer`); anything
   else fails the requests whose spans the message carries. Nothing hangs: after `max_retry_s` a message
   is given up and counted.
 - Bounded: `pending` (spans accepted and not yet acknowledged or given up) is what the caller checks
@@ -47,7 +47,8 @@ from tracehouse.core import topics
 from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.schema import Span
 
-from .kafka_errors import BROKEN_SEQUENCE, retriable
+from .kafka_producer import BROKEN_SEQUENCE, new_producer, retriable
+from .span_limits import MAX_MESSAGE_BYTES
 from .span_messages import MessageEncoder, SpanMessage, SpanMessageEncoder
 
 __all__ = ["AckedSpanSender", "SendOutcome", "SenderStats"]
@@ -107,7 +108,7 @@ class AckedSpanSender:
         *,
         topic: str = topics.SPANS,
         batch_spans: int = 500,
-        max_message_bytes: int = 900_000,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         compression: str | None = "lz4",
         max_pending: int = 100_000,
         max_in_flight: int = 2,
@@ -303,18 +304,13 @@ class AckedSpanSender:
         self._poke()
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+        return new_producer(
+            self.bootstrap,
             client_id=self.client_id,
-            compression_type=self.compression,
-            max_request_size=max(self.max_message_bytes * 2, 1_048_576),
-            # aiokafka's default record batch (16 KB) holds one of our messages each: a broker's
-            # "too large" then speaks of that message alone, so splitting it is the right answer.
-            linger_ms=0,
-            acks="all",
-            enable_idempotence=True,  # the producer's own retries never write a message twice
-            request_timeout_ms=int(self.request_timeout_s * 1000),
-            **self.producer_options,  # type: ignore[arg-type]
+            compression=self.compression,
+            max_message_bytes=self.max_message_bytes,
+            request_timeout_s=self.request_timeout_s,
+            options=self.producer_options,
         )
 
     async def _renew(self, broken: AIOKafkaProducer) -> None:

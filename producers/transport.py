@@ -40,7 +40,7 @@ from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.schema import Span
 from tracehouse.core.scores import Score
 
-from .kafka_errors import BROKEN_SEQUENCE
+from .kafka_producer import BROKEN_SEQUENCE, new_producer
 from .span_limits import MAX_MESSAGE_BYTES
 from .span_messages import MessageEncoder, SpanMessage, SpanMessageEncoder
 
@@ -233,17 +233,13 @@ class SpanTransport:
         """Start the Kafka producer, retrying while the broker is unreachable."""
         backoff = self.retry_backoff_s
         while True:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
+            producer = new_producer(
+                self.bootstrap,
                 client_id=self.client_id,
-                compression_type=self.compression,
-                max_request_size=max(self.max_message_bytes * 2, 1_048_576),
-                linger_ms=0,
-                acks="all",
-                # The producer's own retries (a lost acknowledgement) then never write a message twice.
-                enable_idempotence=True,
-                request_timeout_ms=15_000,
-                **self.producer_options,  # type: ignore[arg-type]
+                compression=self.compression,
+                max_message_bytes=self.max_message_bytes,
+                request_timeout_s=15.0,
+                options=self.producer_options,
             )
             try:
                 await producer.start()
@@ -343,7 +339,7 @@ class SpanTransport:
             return exc
 
     async def _renew(self, producer: AIOKafkaProducer) -> AIOKafkaProducer:
-        """A new producer for one whose sequence numbers the broker refuses (see `kafka_errors`)."""
+        """A new producer for one whose sequence numbers the broker refuses (see `kafka_producer`)."""
         log.warning("renewing the kafka producer (its sequence numbers were refused)")
         try:
             await asyncio.wait_for(producer.stop(), 5.0)

@@ -1,0 +1,71 @@
+"""How the senders talk to Kafka, in one place for the SDK's `SpanTransport` and the receiver's
+`AckedSpanSender`: the one producer configuration, and how a Kafka error is read (the classes follow
+aiokafka's own sender).
+
+The producer: acks=all and idempotent (its own retries after a lost acknowledgement never write a
+message twice), no linger (the senders batch many spans per message themselves, and aiokafka's default
+16 KB record batch then holds one of our messages, so a broker's "too large" speaks of that message
+alone and splitting it is the right answer), requests up to twice the message limit.
+
+Errors:
+
+- retriable: the broker is away, not the leader, or slow; send again after a backoff.
+- `MessageSizeTooLargeError`: the message must be split (handled by the senders with `span_messages`).
+- a broken sequence: the idempotent producer's sequence numbers or id are refused, typically after the
+  broker refused one of its batches as too large; only a new producer can send to that partition again.
+- anything else: not worth retrying.
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
+
+__all__ = ["BROKEN_SEQUENCE", "new_producer", "retriable"]
+
+BROKEN_SEQUENCE = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    ProducerFenced,
+)
+
+
+def retriable(exc: BaseException) -> bool:
+    """True when sending again later may succeed with the same producer."""
+    return isinstance(exc, (KafkaTimeoutError, KafkaConnectionError, OSError)) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+    )
+
+
+def new_producer(
+    bootstrap: str,
+    *,
+    client_id: str,
+    compression: str | None,
+    max_message_bytes: int,
+    request_timeout_s: float,
+    options: dict[str, object],
+) -> AIOKafkaProducer:
+    """A producer configured as the module docstring says; `options` (security, overrides) come last."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        compression_type=compression,
+        max_request_size=max(max_message_bytes * 2, 1_048_576),
+        linger_ms=0,
+        acks="all",
+        enable_idempotence=True,
+        request_timeout_ms=int(request_timeout_s * 1000),
+        **options,  # type: ignore[arg-type]
+    )
