@@ -192,6 +192,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return main_trace(_settings(args), args)
 
 
+def cmd_session(args: argparse.Namespace) -> int:
+    _need("cli", "rich")
+    _need("sinks", "clickhouse_connect")
+    from tracehouse.cli.session_view import main_session
+
+    return main_session(_settings(args), args)
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
     _need("cli", "rich")
     _need("sinks", "clickhouse_connect")
@@ -230,9 +238,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "sql": ("run one SQL statement against ClickHouse and print the result", cmd_sql),
     "query": ("run a named query (the six questions); --list shows them, --sql prints one", cmd_query),
     "trace": ("show one trace: span tree as a waterfall, LLM parameters, prompts, documents, errors", cmd_trace),
+    "session": ("show one conversation: each turn's time, input, output, tokens, cost and scores", cmd_session),
     "alerts": ("alerts firing now and recent alert state changes", cmd_alerts),
     "top": ("live rollups: spans/s, p95 latency, error rate, tokens and cost per service and model", cmd_top),
-    "web": ("the trace explorer in a browser: traces, waterfall, span details, charts, alerts", cmd_web),
+    "web": ("the trace explorer in a browser: traces, sessions, waterfall, span details, charts, alerts", cmd_web),
 }
 
 
@@ -325,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     _query_arguments(parsers["query"])
     parsers["trace"].add_argument("trace_id", metavar="ID", help="trace id (32 hex digits)")
     parsers["trace"].add_argument("--json", action="store_true", help="the tree and its details as JSON")
+    parsers["session"].add_argument("session_id", metavar="ID", help="session id (the traces' session_id)")
+    parsers["session"].add_argument("--json", action="store_true", help="the turns as JSON (the web API's shape)")
+    parsers["session"].add_argument(
+        "--max-chars", type=int, default=2000, help="cut each turn's input and output to this many characters"
+    )
     parsers["alerts"].add_argument("--since", default="24h", help="recent alerts from this long ago (default 24h)")
     parsers["alerts"].add_argument("--limit", type=int, default=None, help="at most this many recent alerts")
     parsers["alerts"].add_argument("--json", action="store_true", help='{"firing": [...], "recent": [...]} as JSON')

@@ -526,6 +526,75 @@ def test_scores_per_name_source_and_service(data: Dataset) -> None:
     assert scores(name="q-eval", source="human") == []
 
 
+@pytest.fixture(scope="module")
+def assembled(data: Dataset) -> dict[str, Any]:
+    """The `traces` rows the worker would write for the dataset's traces (its own assembler), inserted once
+    for the queries that read `traces` FINAL (sessions, session, top-users)."""
+    from tracehouse.pipeline.assembly import TraceAssembler
+    from tracehouse.sinks.rows import trace_row
+
+    assembler = TraceAssembler(PriceTable())
+    for offset, span in enumerate(data.spans):
+        assembler.add(span, offset, now=0.0)
+    records = {r.trace_id: r for r in assembler.flush_all(now=1.0)}
+    data.client.raw_insert("traces", insert_block=encode_rows([trace_row(r) for r in records.values()]),
+                           fmt="JSONEachRow")  # fmt: skip
+    return records
+
+
+@covers("top-users")
+def test_top_users_totals_per_user(data: Dataset, assembled: dict[str, Any]) -> None:
+    per_user: dict[str, list[Any]] = defaultdict(list)
+    for record in assembled.values():
+        if record.user_id:
+            per_user[record.user_id].append(record)
+    assert len(per_user) > 3, "the generated traffic has users"
+    rows = ask(data, "top-users", since="1h", limit=1000)
+    assert [r["user_id"] for r in rows] == sorted(
+        per_user, key=lambda u: (-round(sum(r.cost_usd for r in per_user[u]), 6), -sum(r.total_tokens for r in
+                                 per_user[u]), u)
+    )  # fmt: skip
+    for row in rows:
+        records = per_user[row["user_id"]]
+        assert row["traces"] == len(records)
+        assert row["sessions"] == len({r.session_id for r in records if r.session_id})
+        assert row["errors"] == sum(r.error_count for r in records)
+        assert row["failed_traces"] == sum(r.status == "ERROR" for r in records)
+        assert row["total_tokens"] == sum(r.total_tokens for r in records)
+        assert row["cost_usd"] == pytest.approx(sum(r.cost_usd for r in records), abs=2e-6)
+    assert len(ask(data, "top-users", since="1h", limit=2)) == 2
+    assert ask(data, "top-users", since="1h", service="no-such-service") == []
+
+
+@covers("sessions")
+@covers("session")
+def test_sessions_and_one_session(data: Dataset, assembled: dict[str, Any]) -> None:
+    per_session: dict[str, list[Any]] = defaultdict(list)
+    for record in assembled.values():
+        if record.session_id:
+            per_session[record.session_id].append(record)
+    assert any(len(turns) >= 2 for turns in per_session.values()), "the generated chats have several turns"
+    rows = ask(data, "sessions", limit=1000)
+    newest = {s: max(r.start_time_ns for r in turns) for s, turns in per_session.items()}
+    assert [r["session_id"] for r in rows] == sorted(per_session, key=lambda s: (newest[s], s), reverse=True)
+    for row in rows:
+        turns = per_session[row["session_id"]]
+        assert (row["turns"], row["last_ns"]) == (len(turns), newest[row["session_id"]])
+        assert row["total_tokens"] == sum(r.total_tokens for r in turns)
+        assert row["user_ids"] == sorted({r.user_id for r in turns if r.user_id})
+    longest = max(per_session, key=lambda s: (len(per_session[s]), s))
+    turns = ask(data, "session", session_id=longest)
+    expected = sorted(per_session[longest], key=lambda r: (r.start_time_ns, r.trace_id))
+    assert [t["trace_id"] for t in turns] == [r.trace_id for r in expected]
+    for turn in turns:
+        spans = data.traces[turn["trace_id"]]
+        root = next(s for s in spans if not s.parent_span_id)
+        first_input = min((s for s in spans if s.input), key=lambda s: s.start_time_ns, default=None)
+        wanted = root.input or (first_input.input if first_input else "")
+        assert (turn["input_cut"], turn["input_chars"]) == (wanted[:2000], len(wanted))
+    assert ask(data, "session", session_id="x' OR 1=1 --") == []
+
+
 def test_every_named_query_is_tested() -> None:
     assert set(QUERIES) == TESTED, f"untested queries: {sorted(set(QUERIES) - TESTED)}"
 

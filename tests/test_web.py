@@ -512,7 +512,7 @@ def test_openapi_gives_every_parameter_its_type_and_bounds_and_the_server_enforc
     spec = build_openapi()
     seen = set()
     for template, operations in spec["paths"].items():
-        base = template.replace("{trace_id}", "0" * 32).replace("{span_id}", "0" * 16)
+        base = template.replace("{trace_id}", "0" * 32).replace("{span_id}", "0" * 16).replace("{session_id}", "s")
         for parameter in operations.get("get", {}).get("parameters", []):  # POST scores: tests/test_scores.py
             schema, name = parameter["schema"], parameter["name"]
             seen.add((template, name))
@@ -535,6 +535,7 @@ def test_answers_match_their_openapi_schemas(server: ServerThread, data: WebData
     """Every endpoint's real answer validates against the schema the document gives it."""
     spec = build_openapi()
     llm = next(s for s in trace_with(data, "LLM") if s.kind == "LLM")
+    session = next(r.session_id for r in data.records.values() if r.session_id)
     cases = {
         "/api/traces": "/api/traces?limit=5",
         "/api/traces/{trace_id}": f"/api/traces/{llm.trace_id}",
@@ -542,6 +543,8 @@ def test_answers_match_their_openapi_schemas(server: ServerThread, data: WebData
         "/api/rollups": "/api/rollups?since=1h",
         "/api/alerts": "/api/alerts",
         "/api/services": "/api/services",
+        "/api/sessions": "/api/sessions",
+        "/api/sessions/{session_id}": f"/api/sessions/{session}",
     }
     assert set(cases) | {"/api/openapi.json"} == {p for p, ops in spec["paths"].items() if "get" in ops}
     for template, path in cases.items():
@@ -658,7 +661,11 @@ def test_browser_list_trace_waterfall_and_documents(
     )
     # bars are placed on the timeline: the root's bar spans it, later spans start further right
     lefts = page.eval_on_selector_all(".wf-row .bar", "bars => bars.map(b => parseFloat(b.style.left))")
-    assert lefts[0] == 0 and max(lefts) > 20
+    trace_start = min(s.start_time_ns for s in spans)
+    trace_ns = max(s.end_time_ns for s in spans) - trace_start
+    expected = sorted(100 * (s.start_time_ns - trace_start) / trace_ns for s in spans)
+    assert lefts[0] == 0 and max(lefts) > 5
+    assert sorted(lefts) == pytest.approx(expected, abs=0.2)  # each bar where its span starts
     assert page.locator(".trace-head").inner_text().count(str(len(spans))) >= 1
 
     retriever = next(s for s in spans if s.kind == "RETRIEVER")

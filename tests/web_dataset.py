@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
@@ -17,11 +18,12 @@ from clickhouse_connect.driver.client import Client
 from tracehouse.core.config import Settings
 from tracehouse.core.pricing import PriceTable
 from tracehouse.core.schema import Document, Event, LLMCall, Message, Span, TokenUsage, TraceRecord
+from tracehouse.core.scores import Score
 from tracehouse.pipeline.assembly import TraceAssembler
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
-from tracehouse.sinks.record_routes import AlertRow
+from tracehouse.sinks.record_routes import AlertRow, score_row
 from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, encode_rows, span_row, trace_row
 
 SEED = 424242
@@ -43,10 +45,57 @@ class WebDataset:
     stale_trace: str  # a trace that also has an older, lower-version row
     alerts: list[AlertRow]
     now_ms: int
+    conversation: list[list[Span]]  # CONVERSATION's three turns, in order
+    scores: list[Score]  # the scores stored on them (beside those the generated spans carry)
 
     @property
     def database(self) -> str:
         return self.settings.clickhouse.database
+
+
+CONVERSATION = "conv-7f3a"
+CONVERSATION_USER = "user-ada"
+QUESTIONS = (
+    ("How do I rotate my API key?", "Open Settings > API keys and choose Rotate; the old key works 24 h more."),
+    ("Does the old key stop at once?", "No: it keeps working for 24 hours, then it is revoked."),
+    ("Thanks. Can I revoke it now?", "Yes: choose Revoke now next to the old key."),
+)
+
+
+def conversation(base_ns: int) -> list[list[Span]]:
+    """A three-turn chat: each turn a CHAIN root (the question in, the answer out) over one LLM call."""
+    turns = []
+    for i, (question, answer) in enumerate(QUESTIONS):
+        start = base_ns + i * 45_000_000_000
+        trace_id = f"c0{i + 1:x}717e" + "0" * 25
+        root = f"c0717e00000000{i:02x}"
+        turns.append([
+            Span(trace_id=trace_id, span_id=root, name="chat_turn", kind="CHAIN", service="support-bot",
+                 start_time_ns=start, end_time_ns=start + 900_000_000, status="OK", input=question, output=answer,
+                 session_id=CONVERSATION, user_id=CONVERSATION_USER),
+            Span(trace_id=trace_id, span_id=f"c0717e11111111{i:02x}", parent_span_id=root, name="chat",
+                 kind="LLM", service="support-bot", start_time_ns=start + 50_000_000,
+                 end_time_ns=start + 850_000_000, status="OK", session_id=CONVERSATION, user_id=CONVERSATION_USER,
+                 llm=LLMCall(model="gpt-4o-mini", provider="openai", input_messages=[Message("user", question)],
+                             output_messages=[Message("assistant", answer)]),
+                 usage=TokenUsage(input=120 + i * 40, output=30 + i)),
+        ])  # fmt: skip
+    return turns
+
+
+def conversation_scores(turns: list[list[Span]]) -> list[Score]:
+    """Thumbs up on turn 1, a changed mind on turn 2 (up, then down: the latest is down), a review label on 3."""
+    t0 = turns[0][0].end_time_ns
+    return [
+        Score(trace_id=turns[0][0].trace_id, name="user_feedback", value=1.0, label="thumbs_up", source="human",
+              created_at=t0 + 1_000_000_000),
+        Score(trace_id=turns[1][0].trace_id, name="user_feedback", value=1.0, label="thumbs_up", source="human",
+              created_at=t0 + 60_000_000_000),
+        Score(trace_id=turns[1][0].trace_id, name="user_feedback", value=0.0, label="thumbs_down", source="human",
+              comment="it said the old key stops at once", created_at=t0 + 61_000_000_000),
+        Score(trace_id=turns[2][0].trace_id, span_id=turns[2][1].span_id, name="correctness", label="correct",
+              source="eval", author="judge-v2", created_at=t0 + 120_000_000_000),
+    ]  # fmt: skip
 
 
 def big_trace(base_ns: int) -> list[Span]:
@@ -130,7 +179,9 @@ def alerts(now_ms: int) -> list[AlertRow]:
 def load(clickhouse_url: str, database: str, *, traces: int = 40) -> WebDataset:
     """Create `database`, migrate it, and insert the dataset; the caller drops the database."""
     settings = Settings.from_env(clickhouse_url=clickhouse_url, clickhouse_database=database)
-    asyncio.run(migrate(settings.clickhouse))
+    # On a thread of its own: a browser test may build the dataset while Playwright's loop runs here.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, migrate(settings.clickhouse)).result()
     base = (time.time_ns() // MINUTE_NS - 30) * MINUTE_NS  # 30 minutes ago: inside every default range
     factory = TraceFactory(TrafficOptions(seed=SEED, error_ratio=0.2, prompt_bytes=600))
     generated: dict[str, list[Span]] = {}
@@ -138,6 +189,9 @@ def load(clickhouse_url: str, database: str, *, traces: int = 40) -> WebDataset:
         trace = factory.rag(base + i * 40_000_000_000) if i % 3 == 0 else factory.any(base + i * 40_000_000_000)
         generated[trace[0].trace_id] = trace
     generated[BIG_TRACE_ID] = big_trace(base - 5 * MINUTE_NS)
+    turns = conversation(base + 2 * MINUTE_NS + 7_000_000_000)
+    for turn in turns:
+        generated[turn[0].trace_id] = turn
     prices = PriceTable()
     records = assemble(generated, prices)
     client = sync_client(settings.clickhouse)
@@ -153,4 +207,6 @@ def load(clickhouse_url: str, database: str, *, traces: int = 40) -> WebDataset:
     now_ms = int(time.time() * 1000)
     alert_rows = alerts(now_ms)
     client.raw_insert("alerts", insert_block=encode_rows(alert_rows), fmt="JSONEachRow")
-    return WebDataset(settings, client, generated, records, stale_trace, alert_rows, now_ms)
+    scores = conversation_scores(turns)
+    client.raw_insert("scores", insert_block=encode_rows([score_row(s, 0) for s in scores]), fmt="JSONEachRow")
+    return WebDataset(settings, client, generated, records, stale_trace, alert_rows, now_ms, turns, scores)

@@ -20,7 +20,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from tracehouse.sinks.queries import QUERIES
 from tracehouse.web import shape
-from tracehouse.web.models import Alerts, Rollups, Services, SpanOut, TraceList, encode
+from tracehouse.web.models import Alerts, Rollups, Services, SessionList, SpanOut, TraceList, encode
 from tracehouse.web.params import (
     DATETIME,
     DATETIME64_9,
@@ -33,10 +33,13 @@ from tracehouse.web.params import (
     TimeType,
     bad,
     decode_cursor,
+    decode_key_cursor,
     encode_cursor,
+    encode_key_cursor,
     iso,
     parse_query,
     parse_time,
+    session_id_of,
     span_id_of,
     trace_id_of,
 )
@@ -52,6 +55,8 @@ MAX_POINTS = 5000
 
 
 FLOAT_MAX = sys.float_info.max  # any finite Float64; inf and nan are refused
+SCORE_BOUND = 1e15  # a score filter's bounds: far beyond any rating, probability or count people give
+MAX_TURNS = 1000  # a session longer than this is cut (and says so)
 MAX_DURATION_MS = INT64_MAX // 1_000_000  # min_duration_ms becomes an Int64 of nanoseconds
 
 
@@ -76,8 +81,36 @@ class TracesQuery(Query):
     session_id: Annotated[str, TEXT, Meta(description="only this session's traces")] = ""
     user_id: Annotated[str, TEXT, Meta(description="only this user's traces")] = ""
     q: Annotated[str, TEXT, Meta(description="a trace-id prefix, or text in the root span's name")] = ""
+    score_name: Annotated[str, TEXT, Meta(description="only traces with a score of this name (with score_min, "
+                                          "score_max, score_label: whose latest such score matches)")] = ""  # fmt: skip
+    score_min: Annotated[float, Meta(ge=-SCORE_BOUND, le=SCORE_BOUND, description="only traces whose latest "
+                                     "score (of score_name, else of any name) is at least this")] | UnsetType = (
+        UNSET
+    )  # fmt: skip
+    score_max: Annotated[float, Meta(ge=-SCORE_BOUND, le=SCORE_BOUND, description="only traces whose latest "
+                                     "score (of score_name, else of any name) is at most this")] | UnsetType = (
+        UNSET
+    )  # fmt: skip
+    score_label: Annotated[str, TEXT, Meta(description="only traces whose latest score (of score_name, else of any "
+                                           "name) has this label, e.g. thumbs_down")] = ""  # fmt: skip
     limit: Annotated[int, Meta(ge=1, le=500, description="traces per page")] = 50
     cursor: Annotated[str, TEXT, Meta(description="next_cursor from the previous page")] = ""
+
+
+class SessionsQuery(Query):
+    holds: ClassVar[TimeType | None] = DATETIME64_9
+    service: Annotated[str, TEXT, Meta(description="sessions with a trace of this service")] = ""
+    user_id: Annotated[str, TEXT, Meta(description="only this user's sessions")] = ""
+    since: Annotated[str, TIME, Meta(description="start of the time range (inclusive): sessions with a turn "
+                                     "that started in the range, counted over those turns")] = "24h"  # fmt: skip
+    until: Annotated[str, TIME, Meta(description="end of the time range (exclusive); default: now")] | UnsetType = UNSET
+    limit: Annotated[int, Meta(ge=1, le=500, description="sessions per page")] = 50
+    cursor: Annotated[str, TEXT, Meta(description="next_cursor from the previous page")] = ""
+
+
+class SessionQuery(Query):
+    max_chars: Annotated[int, Meta(ge=0, le=1_000_000, description="each turn's input and output are cut to this "
+                                   "many characters (the trace has them whole)")] = 2000  # fmt: skip
 
 
 class TraceQuery(Query):
@@ -127,7 +160,7 @@ def _reader(request: web.Request) -> Reader:
     return request.app[READER]
 
 
-def _range(query: TracesQuery | RollupsQuery, now_ns: int) -> tuple[int, int]:
+def _range(query: TracesQuery | SessionsQuery | RollupsQuery, now_ns: int) -> tuple[int, int]:
     """[since, until) in nanoseconds, clamped to what the table's time type holds (exact: nothing is
     stored outside it)."""
     held = query.holds
@@ -158,6 +191,7 @@ async def list_traces(request: web.Request) -> web.Response:
             "session_id": v.session_id,
             "user_id": v.user_id,
             "q": v.q,
+            **_score_filter(v),
             "cursor_ns": cursor_ns,
             "cursor_id": cursor_id,
             "limit": limit + 1,  # one more than asked: is there a next page?
@@ -171,19 +205,71 @@ async def list_traces(request: web.Request) -> web.Response:
     return json_response(TraceList(traces, next_cursor, limit, iso(since), iso(until)))
 
 
+def _score_filter(v: TracesQuery) -> dict[str, Any]:
+    """The score filter's SQL parameters: on when any of its four parameters is given."""
+    given = bool(v.score_name or v.score_label) or v.score_min is not UNSET or v.score_max is not UNSET
+    return {
+        "score_filter": int(given),
+        "score_name": v.score_name,
+        "score_min": 0.0 if v.score_min is UNSET else v.score_min,
+        "has_min": int(v.score_min is not UNSET),
+        "score_max": 0.0 if v.score_max is UNSET else v.score_max,
+        "has_max": int(v.score_max is not UNSET),
+        "score_label": v.score_label,
+    }
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """GET /api/sessions: one page of conversations, the most recently active first."""
+    now = time.time_ns()
+    v = parse_query(SessionsQuery, request.query)
+    since, until = _range(v, now)
+    cursor_ns, cursor_id = decode_key_cursor(v.cursor) if v.cursor else (0, "")
+    rows = await _reader(request).rows(
+        QUERIES["sessions"],
+        {"from_ns": since, "until_ns": until, "service": v.service, "user_id": v.user_id, "cursor_ns": cursor_ns,
+         "cursor_id": cursor_id, "limit": v.limit + 1},
+    )  # fmt: skip
+    sessions = [shape.session_summary(r) for r in rows[: v.limit]]
+    next_cursor = None
+    if len(rows) > v.limit and sessions:
+        last = rows[v.limit - 1]
+        next_cursor = encode_key_cursor(int(last["last_ns"]), last["session_id"])
+    return json_response(SessionList(sessions, next_cursor, v.limit, iso(since), iso(until)))
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """GET /api/sessions/{session_id}: every trace of the conversation in order, with input and output."""
+    session_id = session_id_of(request.match_info["session_id"])
+    max_chars = parse_query(SessionQuery, request.query).max_chars
+    rows = await _reader(request).rows(
+        QUERIES["session"], {"session_id": session_id, "max_chars": max_chars, "limit": MAX_TURNS + 1}
+    )
+    detail = shape.session_detail(session_id, rows[:MAX_TURNS], max_chars=max_chars, truncated=len(rows) > MAX_TURNS)
+    if detail is None:
+        raise ApiError(404, "not_found", f"session {session_id!r} not found (no trace has this session id)")
+    return json_response(detail)
+
+
 async def get_trace(request: web.Request) -> web.Response:
     """GET /api/traces/{trace_id}: every span, in tree order, with all its details, in one answer."""
     trace_id = trace_id_of(request.match_info["trace_id"])
     max_chars = parse_query(TraceQuery, request.query).max_chars
-    rows = await _reader(request).rows(
-        WEB_QUERIES["web-trace-spans"],
-        {"trace_id": trace_id, "max_chars": max_chars, "max_doc_chars": min(max_chars, 4000),
-         "max_spans": MAX_SPANS + 1},
+    reader = _reader(request)
+    rows, score_rows = await asyncio.gather(
+        reader.rows(
+            WEB_QUERIES["web-trace-spans"],
+            {"trace_id": trace_id, "max_chars": max_chars, "max_doc_chars": min(max_chars, 4000),
+             "max_spans": MAX_SPANS + 1},
+        ),
+        reader.rows(WEB_QUERIES["web-trace-scores"], {"trace_id": trace_id}),
     )  # fmt: skip
     truncated = len(rows) > MAX_SPANS
 
     def build() -> bytes | None:
-        detail = shape.trace_detail(trace_id, rows[:MAX_SPANS], max_chars=max_chars, truncated=truncated)
+        detail = shape.trace_detail(
+            trace_id, rows[:MAX_SPANS], max_chars=max_chars, truncated=truncated, score_rows=score_rows
+        )
         return None if detail is None else encode(detail)
 
     # Building and encoding a trace of thousands of spans takes milliseconds to tens of them: off the loop.
@@ -301,6 +387,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "template and variables, documents, exceptions, scores and attributes", "TraceDetail", "getTrace"),
     Endpoint("/api/traces/{trace_id}/spans/{span_id}", get_span, SpanQuery,
              "One span with its long texts whole", "SpanOut", "getSpan"),
+    Endpoint("/api/sessions", list_sessions, SessionsQuery,
+             "List sessions (conversations: traces sharing a session id), the most recently active first, with "
+             "turns, times, tokens, cost, errors, user and the latest scores", "SessionList", "listSessions"),
+    Endpoint("/api/sessions/{session_id}", get_session, SessionQuery,
+             "One session: every trace in order, each with its input and output and its latest scores",
+             "SessionDetail", "getSession"),
     Endpoint("/api/rollups", rollups, RollupsQuery,
              "Latency p50/p95/p99, calls, errors, tokens and cost over time, by model, service, kind or name",
              "Rollups", "getRollups"),

@@ -214,8 +214,8 @@ def create_app(settings: Settings, limits: Limits = LIMITS, writes: WebWrites | 
         await app[READER].close()
 
     app.cleanup_ctx.append(close_reader)
-    for endpoint in ENDPOINTS:
-        app.router.add_get(endpoint.path, endpoint.handler)
+    for endpoint in ENDPOINTS:  # a session id may hold a slash (sent as %2F): it takes the rest of the path
+        app.router.add_get(endpoint.path.replace("{session_id}", "{session_id:.+}"), endpoint.handler)
     install_score_writes(app, settings, writes)
     app.router.add_get("/api/openapi.json", openapi_json)
     app.router.add_get("/", index)

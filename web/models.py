@@ -32,6 +32,24 @@ class ApiErrorBody(Struct):
     error: ErrorBody
 
 
+# ---- scores -----------------------------------------------------------------------------------------
+
+
+class LatestScore(Struct):
+    """The newest score of one name (on a trace, a span, or over a session's traces), from `scores` FINAL:
+    what people look at is the latest value, and `count` says how many were given."""
+
+    name: str
+    value: float | None
+    label: str
+    source: Annotated[str, Meta(description="api, sdk, human or eval")]
+    comment: str
+    author: str
+    created_at: IsoTime
+    count: Annotated[int, Meta(description="scores of this name (the latest is shown)")]
+    span_id: Annotated[str, Meta(description="the span it is on; empty: the trace as a whole")] = ""
+
+
 # ---- traces list ------------------------------------------------------------------------------------
 
 
@@ -63,6 +81,7 @@ class TraceSummary(Struct):
     slowest_span_id: str
     slowest_span_name: str
     slowest_span_duration_ns: int
+    scores: Annotated[list[LatestScore], Meta(description="the latest score per name, by name")]
 
 
 class TraceList(Struct):
@@ -222,6 +241,88 @@ class TraceDetail(Struct):
     max_chars: int
     spans_truncated: Annotated[bool, Meta(description="the trace has more spans than the server returns")]
     spans: list[TreeSpan]
+    scores: Annotated[list[LatestScore], Meta(description="the latest score per name over the trace and its spans")]
+    span_scores: Annotated[list[LatestScore], Meta(description="the latest score per name of each span (span_id "
+                                                   "set), for the span panel")]  # fmt: skip
+
+
+# ---- sessions ---------------------------------------------------------------------------------------
+
+
+class SessionSummary(Struct):
+    """One conversation: the traces sharing a session id (those that started in the asked range)."""
+
+    session_id: str
+    turns: Annotated[int, Meta(description="traces in the session")]
+    user_id: Annotated[str, Meta(description="the session's user (the first, when several)")]
+    user_ids: list[str]
+    services: list[str]
+    first_name: Annotated[str, Meta(description="the root span name of the first turn")]
+    first_time: IsoTime
+    last_time: Annotated[str, Meta(description="when the latest turn started (UTC, ISO 8601)")]
+    duration_ns: Annotated[int, Meta(description="from the first turn's start to the last turn's end")]
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    cost_usd: float
+    errors: Annotated[int, Meta(description="error spans over every turn")]
+    error_turns: Annotated[int, Meta(description="turns whose status is ERROR")]
+    scores: Annotated[list[LatestScore], Meta(description="the latest score per name over the session's traces")]
+
+
+class SessionList(Struct):
+    sessions: list[SessionSummary]
+    next_cursor: Annotated[str | None, Meta(description="pass as `cursor` for the next page; null on the last")]
+    limit: int
+    since: IsoTime
+    until: IsoTime
+
+
+class SessionTurn(Struct):
+    """One trace of a conversation, with what went in and what came out."""
+
+    turn: Annotated[int, Meta(description="1 for the first trace of the session")]
+    trace_id: str
+    root_name: str
+    root_span_id: str
+    service: str
+    start_time: IsoTime
+    start_ms: int
+    duration_ns: int
+    span_count: int
+    error_count: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    cost_usd: float
+    user_id: str
+    status: str
+    input: Annotated[str, Meta(description="the root span's input (else the first input a span has), cut to "
+                               "max_chars")]  # fmt: skip
+    input_chars: int
+    output: Annotated[str, Meta(description="the root span's output (else the last output a span has), cut to "
+                                "max_chars")]  # fmt: skip
+    output_chars: int
+    scores: list[LatestScore]
+
+
+class SessionDetail(Struct):
+    session_id: str
+    user_id: str
+    turn_count: int
+    first_time: IsoTime
+    last_time: IsoTime
+    duration_ns: int
+    total_tokens: int
+    cost_usd: float
+    errors: int
+    max_chars: int
+    turns_truncated: Annotated[bool, Meta(description="the session has more traces than the server returns")]
+    turns: list[SessionTurn]
 
 
 # ---- rollups ----------------------------------------------------------------------------------------
@@ -314,6 +415,8 @@ RESPONSE_TYPES: tuple[type[Struct], ...] = (
     TraceList,
     TraceDetail,
     SpanOut,
+    SessionList,
+    SessionDetail,
     Rollups,
     Alerts,
     Services,

@@ -15,14 +15,14 @@ import msgspec
 
 from tracehouse.web.api import ENDPOINTS, Query
 from tracehouse.web.models import RESPONSE_TYPES
-from tracehouse.web.params import TIME_RULES, rules
+from tracehouse.web.params import MAX_TEXT_CHARS, TIME_RULES, rules
 from tracehouse.web.writes import SCORES_PATH, WEB_WRITE_TOKEN_ENV, WEB_WRITES_ENV, ScoreAccepted, ScoreBody
 
 REF = "#/components/schemas/{name}"
 
 _ERRORS = {
     "400": "a parameter is unknown, given twice, or has a value of the wrong type or out of its range",
-    "404": "no such trace or span",
+    "404": "no such trace, span or session",
     "500": "an unexpected server error (details are in the server's log, never in the answer)",
     "502": "ClickHouse answered with an error",
     "503": "ClickHouse cannot be reached, or the schema is missing (run `tracehouse migrate`)",
@@ -43,6 +43,11 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
     if "{trace_id}" in path:
         found.append({"name": "trace_id", "in": "path", "required": True, "description": "32 hex digits",
                       "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}})  # fmt: skip
+    if "{session_id}" in path:
+        found.append({"name": "session_id", "in": "path", "required": True,
+                      "description": "the session id (URL-encoded), 1 to 1024 characters",
+                      "schema": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS,
+                                 "pattern": "\\S"}})  # fmt: skip
     if "{span_id}" in path:
         found.append({"name": "span_id", "in": "path", "required": True, "description": "16 hex digits",
                       "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{16}$"}})  # fmt: skip
@@ -82,7 +87,7 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
             }
         }
         for status, text in _ERRORS.items():
-            if status == "404" and "{trace_id}" not in endpoint.path:
+            if status == "404" and "{" not in endpoint.path:
                 continue
             responses[status] = {"description": text, "content": {"application/json": {"schema": error_ref}}}
         paths[endpoint.path] = {
@@ -129,7 +134,8 @@ def build_openapi(version: str = "0.1.0") -> dict[str, Any]:
             "title": "tracehouse web API",
             "version": version,
             "description": "JSON API over the tracehouse ClickHouse tables (spans, traces, "
-            "spans_minutely, alerts): traces with their span trees, rollups over time, alerts; and one write, "
+            "spans_minutely, alerts, scores): traces with their span trees and scores, sessions (conversations), "
+            "rollups over time, alerts; and one write, "
             "scores on a trace, off unless enabled. "
             "Times are ISO-8601 UTC; durations are nanoseconds unless the name says otherwise.",
         },

@@ -258,6 +258,30 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     raise bad("cursor is not one this server returned (use next_cursor from the previous page)")
 
 
+def encode_key_cursor(ns: int, key: str) -> str:
+    """A keyset cursor over (time, any text key), e.g. a session's last activity and its id."""
+    return base64.urlsafe_b64encode(f"{ns}:{key}".encode()).decode().rstrip("=")
+
+
+def decode_key_cursor(cursor: str) -> tuple[int, str]:
+    """The (ns, key) `encode_key_cursor` made, or a 400."""
+    try:
+        ns, _, key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8").partition(":")
+        if re.fullmatch(r"-?[0-9]{1,19}", ns) and key and len(key) <= MAX_TEXT_CHARS:
+            if DATETIME64_9.min_ns <= int(ns) <= DATETIME64_9.max_ns:
+                return int(ns), key
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise bad("cursor is not one this server returned (use next_cursor from the previous page)")
+
+
+def session_id_of(text: str) -> str:
+    session_id = text.strip()
+    if not session_id or len(session_id) > MAX_TEXT_CHARS:
+        raise bad(f"session id must be 1 to {MAX_TEXT_CHARS} characters; got {_shown(text)}")
+    return session_id
+
+
 def trace_id_of(text: str) -> str:
     trace_id = text.strip().lower()
     if not TRACE_ID.fullmatch(trace_id):

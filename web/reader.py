@@ -2,8 +2,9 @@
 
 The SQL lives in `queries/*.sql` beside this module, in the same format as tracehouse.sinks.queries (a
 `-- name/description/params` header, then SQL with `{name:Type}` parameters), parsed by the same loader;
-the alerts endpoint reuses the CLI's own named queries. Nothing a request carries is ever formatted into
-SQL text.
+the alerts and sessions endpoints reuse the CLI's own named queries (`alerts`, `sessions`, `session`: one
+read model, so `tracehouse session ID --json` and `GET /api/sessions/{id}` give the same answer). Nothing a
+request carries is ever formatted into SQL text.
 
 The client is created on first use, not at startup, so the server starts (and answers 503 with the
 reason) while ClickHouse is still down, and recovers by itself when it comes back. clickhouse-connect's

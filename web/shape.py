@@ -18,6 +18,7 @@ from tracehouse.web.models import (
     EventOut,
     ExceptionOut,
     FiringAlert,
+    LatestScore,
     LLMOut,
     MessageOut,
     NamedCount,
@@ -25,6 +26,9 @@ from tracehouse.web.models import (
     RollupPoint,
     RollupSeries,
     ScoreOut,
+    SessionDetail,
+    SessionSummary,
+    SessionTurn,
     SpanOut,
     ToolCallOut,
     TraceDetail,
@@ -63,6 +67,58 @@ def iso_of(value: Any) -> str:
     return str(value)
 
 
+# ---- scores -----------------------------------------------------------------------------------------
+
+
+def latest_scores(items: Iterable[Row]) -> list[LatestScore]:
+    """The `latest` tuples the queries give (one per name: the newest value, when, how many) by name."""
+    found = [
+        LatestScore(
+            name=item["name"],
+            value=finite(item["value"]),
+            label=item["label"],
+            source=item["source"],
+            comment=item["comment"],
+            author=item["author"],
+            created_at=iso(int(item["created_ns"])),
+            count=int(item["count"]),
+        )
+        for item in items or ()
+    ]
+    return sorted(found, key=lambda s: s.name)
+
+
+def trace_scores(rows: Sequence[Row]) -> tuple[list[LatestScore], list[LatestScore]]:
+    """Rows of web-trace-scores.sql (the latest per span and name) as the trace header's list (the latest
+    per name over the whole trace) and the span panels' (those on a span)."""
+    per_span = [
+        LatestScore(
+            name=r["score_name"],
+            value=finite(r["score_value"]),
+            label=r["score_label"],
+            source=r["score_source"],
+            comment=r["score_comment"],
+            author=r["score_author"],
+            created_at=iso(int(r["created_ns"])),
+            count=int(r["how_many"]),
+            span_id=r["score_span"],
+        )
+        for r in rows
+    ]
+    newest: dict[str, tuple[int, LatestScore]] = {}
+    counts: dict[str, int] = {}
+    for row, score in zip(rows, per_span, strict=True):
+        counts[score.name] = counts.get(score.name, 0) + score.count
+        at = int(row["created_ns"])
+        if score.name not in newest or at > newest[score.name][0]:
+            newest[score.name] = (at, score)
+    overall = [
+        LatestScore(**{f: getattr(score, f) for f in LatestScore.__struct_fields__} | {"count": counts[name]})
+        for name, (_, score) in sorted(newest.items())
+    ]
+    return overall, [s for s in per_span if s.span_id]
+
+
 # ---- traces list ------------------------------------------------------------------------------------
 
 
@@ -89,6 +145,7 @@ def trace_summary(row: Row) -> TraceSummary:
         slowest_span_id=row["slowest_span_id"],
         slowest_span_name=row["slowest_span_name"],
         slowest_span_duration_ns=int(row["slowest_span_duration_ns"]),
+        scores=latest_scores(row.get("scores") or ()),
     )
 
 
@@ -192,8 +249,11 @@ def _first(values: Iterable[str]) -> str:
     return next((v for v in values if v), "")
 
 
-def trace_detail(trace_id: str, rows: Sequence[Row], *, max_chars: int, truncated: bool) -> TraceDetail | None:
-    """The trace as its tree in display order, each span with its details; None when there are no spans."""
+def trace_detail(
+    trace_id: str, rows: Sequence[Row], *, max_chars: int, truncated: bool, score_rows: Sequence[Row] = ()
+) -> TraceDetail | None:
+    """The trace as its tree in display order, each span with its details, and its latest scores (rows of
+    web-trace-scores.sql); None when there are no spans."""
     nodes: list[SpanNode] = []
     for row in rows:
         node = node_from_row(row)
@@ -210,6 +270,7 @@ def trace_detail(trace_id: str, rows: Sequence[Row], *, max_chars: int, truncate
     ]  # fmt: skip
     root = next((s for s in tree.spans if s.depth == 0 and not s.orphan), tree.spans[0])
     ordered = [root, *tree.spans]
+    overall, on_spans = trace_scores(score_rows)
     return TraceDetail(
         trace_id=trace_id,
         root_name=root.name,
@@ -233,6 +294,81 @@ def trace_detail(trace_id: str, rows: Sequence[Row], *, max_chars: int, truncate
         max_chars=max_chars,
         spans_truncated=truncated,
         spans=spans,
+        scores=overall,
+        span_scores=on_spans,
+    )
+
+
+# ---- sessions ---------------------------------------------------------------------------------------
+
+
+def session_summary(row: Row) -> SessionSummary:
+    """A row of the named query `sessions`."""
+    users = list(row["user_ids"])
+    first_ns, end_ns = int(row["first_ns"]), int(row["end_ns"])
+    return SessionSummary(
+        session_id=row["session_id"],
+        turns=int(row["turns"]),
+        user_id=users[0] if users else "",
+        user_ids=users,
+        services=list(row["services"]),
+        first_name=row["first_name"],
+        first_time=iso(first_ns),
+        last_time=iso(int(row["last_ns"])),
+        duration_ns=max(end_ns - first_ns, 0),
+        **_usage(row),
+        errors=int(row["errors"]),
+        error_turns=int(row["error_turns"]),
+        scores=latest_scores(row["scores"]),
+    )
+
+
+def session_turn(index: int, row: Row) -> SessionTurn:
+    """A row of the named query `session` as the conversation's turn number `index` (from 1)."""
+    start_ns = int(row["start_ns"])
+    return SessionTurn(
+        turn=index,
+        trace_id=row["trace_id"],
+        root_name=row["root_name"],
+        root_span_id=row["root_span_id"],
+        service=row["service"],
+        start_time=iso(start_ns),
+        start_ms=start_ns // 1_000_000,
+        duration_ns=int(row["duration_ns"]),
+        span_count=int(row["span_count"]),
+        error_count=int(row["error_count"]),
+        **_usage(row),
+        user_id=row["user_id"],
+        status=row["status"],
+        input=row["input_cut"] or "",
+        input_chars=int(row["input_chars"] or 0),
+        output=row["output_cut"] or "",
+        output_chars=int(row["output_chars"] or 0),
+        scores=latest_scores(row["scores"]),
+    )
+
+
+def session_detail(session_id: str, rows: Sequence[Row], *, max_chars: int, truncated: bool) -> SessionDetail | None:
+    """The conversation in order (rows of the named query `session`); None when no trace has this session id.
+    The terminal's `tracehouse session ID --json` prints this same Struct."""
+    turns = [session_turn(i, row) for i, row in enumerate(rows, start=1)]
+    if not turns:
+        return None
+    first_ns = int(rows[0]["start_ns"])
+    end_ns = max(int(r["start_ns"]) + int(r["duration_ns"]) for r in rows)
+    return SessionDetail(
+        session_id=session_id,
+        user_id=_first(t.user_id for t in turns),
+        turn_count=len(turns),
+        first_time=iso(first_ns),
+        last_time=turns[-1].start_time,
+        duration_ns=max(end_ns - first_ns, 0),
+        total_tokens=sum(t.total_tokens for t in turns),
+        cost_usd=sum(t.cost_usd for t in turns),
+        errors=sum(t.error_count for t in turns),
+        max_chars=max_chars,
+        turns_truncated=truncated,
+        turns=turns,
     )
 
 

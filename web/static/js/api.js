@@ -17,6 +17,50 @@ export function newView() {
   return current.signal;
 }
 
+const TOKEN_KEY = "tracehouse.writeToken";
+
+/** The write token the user pasted (kept for this browser tab only). */
+export function writeToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+export function setWriteToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch {
+    /* storage disabled: the token is asked again next time */
+  }
+}
+
+/** POST /api/<path> with a JSON body (and the write token, when one was given); errors as ApiError. */
+export async function post(path, body) {
+  const headers = { Accept: "application/json", "Content-Type": "application/json" };
+  const token = writeToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await fetch(`/api/${path}`, { method: "POST", headers, body: JSON.stringify(body) });
+  } catch {
+    throw new ApiError(0, "network", "the tracehouse web server cannot be reached");
+  }
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch {
+    /* not JSON: reported below */
+  }
+  if (!response.ok) {
+    const error = answer && answer.error;
+    throw new ApiError(response.status, error?.code || "http", error?.message || `HTTP ${response.status}`);
+  }
+  return answer;
+}
+
 /** GET /api/<path>?<params>; empty parameters are left out. */
 export async function api(path, params = {}, signal = current?.signal) {
   const query = new URLSearchParams();

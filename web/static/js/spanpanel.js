@@ -130,12 +130,17 @@ function payload(title, text, total, onLoad) {
   return section(title, truncatedNote(text.length, total, onLoad), textBlock(text));
 }
 
-function scores(span) {
-  if (!span.scores.length) return null;
-  return section("Scores", h("table.grid.compact", h("thead", h("tr", h("th", "name"), h("th.num", "value"),
-    h("th", "label"), h("th", "source"), h("th", "comment"))), h("tbody", span.scores.map((s) => h("tr",
-    h("td", s.name), h("td.num", s.value === null ? "–" : String(s.value)), h("td", s.label), h("td", s.source),
-    h("td", s.comment))))));
+function scores(span, trace) {
+  // the latest per name from the scores table (posted later, or carried by the span); the span's own
+  // list when the trace came without them
+  const latest = (trace.span_scores || []).filter((s) => s.span_id === span.span_id);
+  const shown = latest.length ? latest : span.scores.map((s) => ({ ...s, author: "", count: 1 }));
+  if (!shown.length) return null;
+  return section("Scores", h("table.grid.compact.span-scores", h("thead", h("tr", h("th", "name"),
+    h("th.num", "value"), h("th", "label"), h("th", "source"), h("th", "comment"))), h("tbody", shown.map((s) => h("tr",
+    h("td", s.name), h("td.num", s.value === null ? "–" : String(s.value)), h("td", s.label),
+    h("td", s.author ? `${s.source} (${s.author})` : s.source),
+    h("td", s.count > 1 ? [s.comment, h("span.muted", ` (latest of ${s.count})`)] : s.comment))))));
 }
 
 function events(span) {
@@ -184,7 +189,7 @@ export function renderSpanPanel(panel, span, trace) {
     prompt(span),
     payload("Input", span.input, span.input_chars, loadAll),
     payload("Output", span.output, span.output_chars, loadAll),
-    scores(span),
+    scores(span, trace),
     events(span),
     attributes("Attributes", span.attributes),
     attributes("Resource", span.resource_attributes, false),

@@ -6,6 +6,7 @@ import {
   fmtCost, fmtDuration, fmtFullTime, fmtInt, h, KIND_SHORT, statusPill,
 } from "./dom.js";
 import { go, hashFor } from "./router.js";
+import { feedbackBox, scoreChips } from "./scores.js";
 import { renderSpanPanel } from "./spanpanel.js";
 import { Waterfall } from "./waterfall.js";
 
@@ -29,6 +30,26 @@ function legend(spans) {
     h("span.legend-item", h(`span.swatch.k-${kind in KIND_SHORT ? kind : "UNKNOWN"}`), `${kind} ${n}`)));
 }
 
+/** After a score is posted: it travels through Kafka and the sink, so ask again until it shows. */
+async function refreshScores(trace, target, signal) {
+  const before = JSON.stringify(trace.scores);
+  for (let attempt = 0; attempt < 20 && !signal.aborted; attempt += 1) {
+    await new Promise((resolve) => { setTimeout(resolve, attempt < 5 ? 500 : 1500); });
+    let fresh;
+    try {
+      fresh = await api(`traces/${encodeURIComponent(trace.trace_id)}`, { max_chars: 0 }, signal);
+    } catch {
+      return;
+    }
+    if (JSON.stringify(fresh.scores) !== before) {
+      trace.scores = fresh.scores;
+      trace.span_scores = fresh.span_scores;
+      target.querySelector(".stat-value").replaceChildren(scoreChips(fresh.scores) || h("span.muted", "none yet"));
+      return;
+    }
+  }
+}
+
 export async function renderTrace(root, traceId, params, signal) {
   const started = performance.now();
   root.append(h("div.loading", "Loading trace…"));
@@ -36,6 +57,8 @@ export async function renderTrace(root, traceId, params, signal) {
   root.replaceChildren();
   const back = h("a.back", { href: hashFor("traces") }, "← Traces");
   const errors = trace.error_count;
+  const scoresStat = h("div.stat.scores-stat", h("span.stat-label", "Scores"),
+    h("span.stat-value", scoreChips(trace.scores) || h("span.muted", "none yet")));
   const header = h("section.card.trace-head",
     h("div.trace-title", back, h("h1", trace.root_name || "(no root span)"),
       statusPill(errors ? "ERROR" : "OK"),
@@ -48,10 +71,11 @@ export async function renderTrace(root, traceId, params, signal) {
       stat("Tokens", fmtInt(trace.total_tokens, "0")),
       stat("Cost", fmtCost(trace.cost_usd, "$0")),
       stat("Services", trace.services.join(", ")),
-      trace.session_id ? stat("Session", h("a", { href: hashFor("traces", { session_id: trace.session_id }) },
+      trace.session_id ? stat("Session", h("a", { href: hashFor(`session/${encodeURIComponent(trace.session_id)}`) },
         trace.session_id)) : null,
       trace.user_id ? stat("User", h("a", { href: hashFor("traces", { user_id: trace.user_id }) },
         trace.user_id)) : null),
+    h("div.trace-scores", scoresStat, feedbackBox(trace.trace_id, () => refreshScores(trace, scoresStat, signal))),
     trace.orphan_count ? h("div.note.warn", `${trace.orphan_count} orphan span(s): their parent is not in this trace `
       + "(yet); they are shown at the root level.") : null,
     trace.spans_truncated ? h("div.note.warn", `This trace has more spans than the server returns; `

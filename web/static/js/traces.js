@@ -1,15 +1,17 @@
-// The traces list: filters (service, status, time range, min duration, min cost, session, user, search)
-// kept in the address, one page at a time from GET /api/traces, "Load more" by cursor.
+// The traces list: filters (service, status, time range, min duration, min cost, session, user, search,
+// score name / min / max / label) kept in the address, one page at a time from GET /api/traces, "Load more" by cursor.
 
 import { api } from "./api.js";
 import {
   clear, debounce, fmtCost, fmtDuration, fmtFullTime, fmtInt, fmtTime, h, showError, statusPill,
 } from "./dom.js";
 import { go, hashFor } from "./router.js";
+import { scoreChips } from "./scores.js";
 
 const RANGES = [["15m", "Last 15 minutes"], ["1h", "Last hour"], ["6h", "Last 6 hours"], ["24h", "Last 24 hours"],
   ["7d", "Last 7 days"], ["30d", "Last 30 days"], ["custom", "Custom range…"]];
-const FILTERS = ["service", "status", "since", "until", "min_duration_ms", "min_cost", "session_id", "user_id", "q"];
+const FILTERS = ["service", "status", "since", "until", "min_duration_ms", "min_cost", "session_id", "user_id", "q",
+  "score_name", "score_min", "score_max", "score_label"];
 const PAGE = 50;
 
 function filtersFrom(params) {
@@ -80,6 +82,10 @@ function filterBar(filters, onChange) {
     field("Min cost ($)", text("min_cost", "0", "number", { min: 0, step: "any" })),
     field("Session", text("session_id", "session id")),
     field("User", text("user_id", "user id")),
+    field("Score", text("score_name", "name, e.g. user_feedback")),
+    field("Score ≥", text("score_min", "min", "number", { step: "any" })),
+    field("Score ≤", text("score_max", "max", "number", { step: "any" })),
+    field("Score label", text("score_label", "e.g. thumbs_down")),
   );
 }
 
@@ -110,7 +116,7 @@ async function load(results, filters, signal) {
     const table = h("table.grid.traces", h("thead", h("tr",
       h("th", "Started"), h("th", "Trace"), h("th", "Service"), h("th.num", "Duration"), h("th.num", "Spans"),
       h("th.num", "Errors"), h("th.num", "Tokens"), h("th.num", "Cost"), h("th", "Session"), h("th", "User"),
-      h("th", "Status"))), body);
+      h("th", "Status"), h("th", "Scores"))), body);
     const more = h("div.more");
     results.append(h("div.table-wrap", table), more);
     const maxDuration = { value: 1 };
@@ -165,9 +171,11 @@ function addRows(body, traces, maxDuration, filters) {
       h("td.num", t.error_count ? h("span.err-text", fmtInt(t.error_count)) : h("span.muted", "0")),
       h("td.num", fmtInt(t.total_tokens, "–")),
       h("td.num", fmtCost(t.cost_usd, "–")),
-      h("td", filterLink("session_id", t.session_id, filters)),
+      h("td", t.session_id ? h("a.chip", { href: hashFor(`session/${encodeURIComponent(t.session_id)}`),
+        title: "the whole conversation", onclick: (e) => e.stopPropagation() }, t.session_id) : h("span.muted", "–")),
       h("td", filterLink("user_id", t.user_id, filters)),
-      h("td", statusPill(t.status)));
+      h("td", statusPill(t.status)),
+      h("td.scores-cell", scoreChips(t.scores) || h("span.muted", "–")));
   });
   body.append(...rows);
 }
