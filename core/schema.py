@@ -14,10 +14,13 @@ consumer reads a new producer's records (unknown fields are ignored) and a new c
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Raw, Struct
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -215,11 +218,14 @@ class DeadLetter(Struct, omit_defaults=True, gc=False):
     time_ns: int = 0
 
 
-class RejectedSpan(Struct, gc=False):
-    """A span that failed decoding or validation, with its original bytes."""
+class RejectedRecord(Struct, gc=False):
+    """A record (span, score) that failed decoding or validation, with its original bytes."""
 
     reason: str
     payload: bytes
+
+
+RejectedSpan = RejectedRecord
 
 
 class SchemaError(ValueError):
@@ -255,40 +261,68 @@ def decode_span(data: bytes) -> Span:
         raise SchemaError(f"invalid span: {exc}") from None
 
 
-def decode_batch(data: bytes) -> tuple[list[Span], list[RejectedSpan]]:
-    """Decode one Kafka message into its valid spans and its rejected ones.
+def decode_records(
+    data: bytes,
+    *,
+    kind: str,
+    item: str,
+    batch: msgspec.msgpack.Decoder,
+    raw: msgspec.msgpack.Decoder,
+    version: int,
+    max_items: int,
+    decode_item: Callable[[bytes], T],
+) -> tuple[list[T], list[RejectedRecord]]:
+    """Decode one Kafka message of many records (`kind`, the envelope's field: "spans", "scores"; `item`, one
+    of them in words: "span", "score") into the valid ones and the rejected ones.
 
-    The fast path decodes the whole batch at once; only when that fails is each span decoded alone,
-    so a bad span costs its batch a second pass and nothing else. Raises SchemaError when the envelope
-    itself is unreadable (the whole message then goes to the DLQ).
+    `batch` decodes the whole envelope at once (the fast path); only when that fails does `raw` (the same
+    envelope with its records undecoded) hand each record to `decode_item` alone, which raises SchemaError
+    with the reason: a bad record costs its message a second pass and nothing else. Raises SchemaError when
+    the envelope itself is unreadable (the whole message then goes to the DLQ).
     """
     if len(data) > MAX_BATCH_BYTES:
         raise SchemaError(f"message is {len(data)} bytes, above the limit of {MAX_BATCH_BYTES}")
     try:
-        batch = _batch_decoder.decode(data)
+        items = getattr(batch.decode(data), kind)
     except (msgspec.DecodeError, msgspec.ValidationError):
         pass
     else:
-        if len(batch.spans) > MAX_SPANS_PER_BATCH:
-            raise SchemaError(f"message has {len(batch.spans)} spans, above {MAX_SPANS_PER_BATCH}")
-        return batch.spans, []
+        if len(items) > max_items:
+            raise SchemaError(f"message has {len(items)} {kind}, above {max_items}")
+        return items, []
     try:
-        raw = _raw_batch_decoder.decode(data)
+        envelope = raw.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise SchemaError(f"not a span batch: {exc}") from None
-    if raw.v > SCHEMA_VERSION:
-        raise SchemaError(f"span batch version {raw.v} is newer than this reader ({SCHEMA_VERSION})")
-    if len(raw.spans) > MAX_SPANS_PER_BATCH:
-        raise SchemaError(f"message has {len(raw.spans)} spans, above {MAX_SPANS_PER_BATCH}")
-    good: list[Span] = []
-    bad: list[RejectedSpan] = []
-    for item in raw.spans:
+        raise SchemaError(f"not a {item} batch: {exc}") from None
+    if envelope.v > version:
+        raise SchemaError(f"{item} batch version {envelope.v} is newer than this reader ({version})")
+    raw_items = getattr(envelope, kind)
+    if len(raw_items) > max_items:
+        raise SchemaError(f"message has {len(raw_items)} {kind}, above {max_items}")
+    good: list[T] = []
+    bad: list[RejectedRecord] = []
+    for item in raw_items:
         payload = bytes(item)
         try:
-            good.append(decode_span(payload))
+            good.append(decode_item(payload))
         except SchemaError as exc:
-            bad.append(RejectedSpan(reason=exc.reason, payload=payload))
+            bad.append(RejectedRecord(reason=exc.reason, payload=payload))
     return good, bad
+
+
+def decode_batch(data: bytes) -> tuple[list[Span], list[RejectedSpan]]:
+    """Decode one Kafka message of `tracehouse.spans` into its valid spans and its rejected ones
+    (`decode_records`)."""
+    return decode_records(
+        data,
+        kind="spans",
+        item="span",
+        batch=_batch_decoder,
+        raw=_raw_batch_decoder,
+        version=SCHEMA_VERSION,
+        max_items=MAX_SPANS_PER_BATCH,
+        decode_item=decode_span,
+    )
 
 
 _dead_letter_encoder = msgspec.msgpack.Encoder()

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Raw, Struct
 
-from tracehouse.core.schema import MAX_BATCH_BYTES, SchemaError, TraceId
+from tracehouse.core.schema import RejectedRecord, SchemaError, TraceId, decode_records
 
 __all__ = [
     "MAX_SCORES_PER_REQUEST",
@@ -154,36 +154,26 @@ def validation_reason(exc: Exception, where: str = "") -> str:
     return f"{where}.{field}: {message}" if where else f"{field}: {message}"
 
 
-def decode_score_batch(data: bytes) -> tuple[list[Score], list[tuple[str, bytes]]]:
-    """A message from `tracehouse.scores`: its valid scores and the rejected ones as (reason, bytes).
-    Raises SchemaError when the envelope itself is unreadable (the whole message goes to the DLQ)."""
-    if len(data) > MAX_BATCH_BYTES:
-        raise SchemaError(f"message is {len(data)} bytes, above the limit of {MAX_BATCH_BYTES}")
+def _decode_score(payload: bytes) -> Score:
     try:
-        batch = _batch_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        pass
-    else:
-        if len(batch.scores) > MAX_SCORES_PER_BATCH:
-            raise SchemaError(f"message has {len(batch.scores)} scores, above {MAX_SCORES_PER_BATCH}")
-        return batch.scores, []
-    try:
-        raw = _raw_batch_decoder.decode(data)
+        return _score_decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise SchemaError(f"not a score batch: {exc}") from None
-    if raw.v > SCORES_VERSION:
-        raise SchemaError(f"score batch version {raw.v} is newer than this reader ({SCORES_VERSION})")
-    if len(raw.scores) > MAX_SCORES_PER_BATCH:
-        raise SchemaError(f"message has {len(raw.scores)} scores, above {MAX_SCORES_PER_BATCH}")
-    good: list[Score] = []
-    bad: list[tuple[str, bytes]] = []
-    for item in raw.scores:
-        payload = bytes(item)
-        try:
-            good.append(_score_decoder.decode(payload))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            bad.append((f"invalid score: {validation_reason(exc)}", payload))
-    return good, bad
+        raise SchemaError(f"invalid score: {validation_reason(exc)}") from None
+
+
+def decode_score_batch(data: bytes) -> tuple[list[Score], list[RejectedRecord]]:
+    """A message from `tracehouse.scores`: its valid scores and the rejected ones with their reasons and
+    bytes (`core.schema.decode_records`, the spans' rule)."""
+    return decode_records(
+        data,
+        kind="scores",
+        item="score",
+        batch=_batch_decoder,
+        raw=_raw_batch_decoder,
+        version=SCORES_VERSION,
+        max_items=MAX_SCORES_PER_BATCH,
+        decode_item=_decode_score,
+    )
 
 
 def decode_score_items(

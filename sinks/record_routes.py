@@ -108,6 +108,6 @@ def scores_route() -> Route:
         except SchemaError as exc:
             return [], [Rejected(exc.reason, value)]
         rows: list[msgspec.Struct] = [score_row(s, partition) for s in scores]
-        return rows, [Rejected(reason, payload) for reason, payload in bad]
+        return rows, [Rejected(b.reason, b.payload) for b in bad]
 
     return Route(topics.SCORES, "scores", ScoreRow.__struct_fields__, decode)
