@@ -197,8 +197,27 @@ _GENAI_OPERATIONS = {
 _TRACELOOP_KINDS = {"workflow": "CHAIN", "task": "CHAIN", "agent": "AGENT", "tool": "TOOL"}
 _REQUEST_TYPES = {"chat": "LLM", "completion": "LLM", "embedding": "EMBEDDING", "rerank": "RERANKER"}
 
+
+class _Keys(tuple):
+    """The candidate keys of one typed field, first present wins. `bit` is set in `_Attrs.flags` when
+    any of them is present, so a field none of whose keys a span has costs one AND instead of a dict
+    probe per candidate (a GenAI span has none of OpenInference's keys, and the other way round)."""
+
+    bit: int
+
+
+_ALL_KEYS: list[_Keys] = []
+
+
+def _keys(*keys: str) -> _Keys:
+    group = _Keys(keys)
+    group.bit = 1 << (16 + len(_ALL_KEYS))  # bits 0-15 are the sections below
+    _ALL_KEYS.append(group)
+    return group
+
+
 # Candidates for each typed field, first match wins; the others stay in `attributes`.
-_MODEL = (
+_MODEL = _keys(
     "llm.model_name",
     "llm.response.model_name",
     "gen_ai.response.model",
@@ -207,15 +226,15 @@ _MODEL = (
     "embedding.model_name",
     "reranker.model_name",
 )
-_PROVIDER = ("llm.provider", "gen_ai.provider.name", "llm.system", "gen_ai.system")
-_INPUT_TOKENS = ("llm.token_count.prompt", "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
-_OUTPUT_TOKENS = (
+_PROVIDER = _keys("llm.provider", "gen_ai.provider.name", "llm.system", "gen_ai.system")
+_INPUT_TOKENS = _keys("llm.token_count.prompt", "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
+_OUTPUT_TOKENS = _keys(
     "llm.token_count.completion",
     "gen_ai.usage.output_tokens",
     "gen_ai.usage.completion_tokens",
 )
-_TOTAL_TOKENS = ("llm.token_count.total", "gen_ai.usage.total_tokens", "llm.usage.total_tokens")
-_CACHED_TOKENS = (
+_TOTAL_TOKENS = _keys("llm.token_count.total", "gen_ai.usage.total_tokens", "llm.usage.total_tokens")
+_CACHED_TOKENS = _keys(
     "llm.token_count.prompt_details.cache_read",
     "gen_ai.usage.cache_read.input_tokens",
     "gen_ai.usage.cache_read_input_tokens",
@@ -223,32 +242,37 @@ _CACHED_TOKENS = (
     "gen_ai.usage.cached_input_tokens",
     "gen_ai.usage.cached_tokens",
 )
-_REASONING_TOKENS = (
+_REASONING_TOKENS = _keys(
     "llm.token_count.completion_details.reasoning",
     "gen_ai.usage.reasoning.output_tokens",
     "gen_ai.usage.reasoning_tokens",
     "gen_ai.usage.output_tokens.reasoning",
     "llm.usage.reasoning_tokens",
 )
-_TOKEN_KEYS = frozenset(
-    (*_INPUT_TOKENS, *_OUTPUT_TOKENS, *_TOTAL_TOKENS, *_CACHED_TOKENS, *_REASONING_TOKENS)
-)
-_COST = ("llm.cost.total", "gen_ai.usage.cost")
-_TEMPERATURE = ("gen_ai.request.temperature",)
-_MAX_TOKENS = ("gen_ai.request.max_tokens",)
-_TOP_P = ("gen_ai.request.top_p",)
-_STOP = ("gen_ai.request.stop_sequences", "llm.chat.stop_sequences")
-_FINISH = ("llm.finish_reason", "gen_ai.response.finish_reasons", "llm.response.finish_reason")
-_INPUT = ("input.value", "traceloop.entity.input")
-_OUTPUT = ("output.value", "traceloop.entity.output")
-_SESSION = ("session.id", "gen_ai.conversation.id", "traceloop.association.properties.session_id")
-_USER = ("user.id", "enduser.id", "traceloop.association.properties.user_id")
-_TEMPLATE_NAME = ("llm.prompt_template.name", "gen_ai.prompt.name", "traceloop.prompt.key", "prompt.id")
-_TEMPLATE_VERSION = ("llm.prompt_template.version", "traceloop.prompt.version")
-_TEMPLATE_TEXT = ("llm.prompt_template.template", "traceloop.prompt.template")
-_TEMPLATE_VARIABLES = ("llm.prompt_template.variables", "traceloop.prompt.template_variables")
-_INVOCATION = ("llm.invocation_parameters",)
-_SYSTEM_INSTRUCTIONS = ("gen_ai.system_instructions",)
+_COST = _keys("llm.cost.total", "gen_ai.usage.cost")
+_TEMPERATURE = _keys("gen_ai.request.temperature")
+_MAX_TOKENS = _keys("gen_ai.request.max_tokens")
+_TOP_P = _keys("gen_ai.request.top_p")
+_STOP = _keys("gen_ai.request.stop_sequences", "llm.chat.stop_sequences")
+_FINISH = _keys("llm.finish_reason", "gen_ai.response.finish_reasons", "llm.response.finish_reason")
+_INPUT = _keys("input.value", "traceloop.entity.input")
+_OUTPUT = _keys("output.value", "traceloop.entity.output")
+_SESSION = _keys("session.id", "gen_ai.conversation.id", "traceloop.association.properties.session_id")
+_USER = _keys("user.id", "enduser.id", "traceloop.association.properties.user_id")
+_TEMPLATE_NAME = _keys("llm.prompt_template.name", "gen_ai.prompt.name", "traceloop.prompt.key", "prompt.id")
+_TEMPLATE_VERSION = _keys("llm.prompt_template.version", "traceloop.prompt.version")
+_TEMPLATE_TEXT = _keys("llm.prompt_template.template", "traceloop.prompt.template")
+_TEMPLATE_VARIABLES = _keys("llm.prompt_template.variables", "traceloop.prompt.template_variables")
+_INVOCATION = _keys("llm.invocation_parameters")
+_SYSTEM_INSTRUCTIONS = _keys("gen_ai.system_instructions")
+_GENAI_INPUT = _keys("gen_ai.input.messages")
+_GENAI_OUTPUT = _keys("gen_ai.output.messages")
+_TOOL_ARGUMENTS = _keys("gen_ai.tool.call.arguments")
+_TOOL_RESULT = _keys("gen_ai.tool.call.result")
+_METADATA = _keys("metadata")
+_GENAI_DOCUMENTS = _keys("gen_ai.retrieval.documents")
+_TAGS = _keys("tag.tags")
+_ERROR_TYPE = _keys("error.type")
 
 # Read to decide the kind, and kept in `attributes` (they say more than the kind does).
 _CLASSIFIERS = ("gen_ai.operation.name", "traceloop.span.kind", "llm.request.type")
@@ -302,14 +326,42 @@ _SECTIONS: dict[int, tuple[str, ...]] = {
     _ARRAY: tuple(prefix[:-1] for prefix in _INDEXED),  # the array-of-maps form of the indexed lists
 }  # fmt: skip
 _KNOWN: dict[str, int] = {}
-for _bit, _keys in _SECTIONS.items():
-    for _key in _keys:
+for _bit, _section in _SECTIONS.items():
+    for _key in _section:
         _KNOWN[_key] = _KNOWN.get(_key, 0) | _bit
+for _group in _ALL_KEYS:  # every candidate is a known key (a KeyError here is a key missing above)
+    for _key in _group:
+        _KNOWN[_key] |= _group.bit
 _LLM_GROUPS = (_OI_INPUT, _OI_OUTPUT, _OI_PROMPTS, _OI_CHOICES, _OL_PROMPT, _OL_COMPLETION)
 _ARRAY_FORMS = tuple((prefix, prefix[:-1]) for prefix in _INDEXED)
 _indexed_key = re.compile(
     "(" + "|".join(re.escape(prefix) for prefix in _INDEXED) + r")([0-9]{1,9})\.(.+)", re.S
 ).fullmatch
+
+
+_UNSEEN: Any = object()
+# Where each attribute key goes, decided once per distinct key (instrumentations send the same few
+# hundred keys again and again) instead of once per span: an int is a known key's bits, a
+# (prefix, index, suffix) tuple a member of an indexed list, None an attribute no field reads.
+# Bounded so that senders of ever-new or huge keys cannot grow it: at most `_ROUTES_MAX` keys of at
+# most `_ROUTED_KEY_CHARS` characters (a few MB at worst); past the count it starts over, and a longer
+# key is routed every time, as every key was before.
+_ROUTES: dict[str, int | tuple[str, int, str] | None] = {}
+_ROUTES_MAX = 16_384
+_ROUTED_KEY_CHARS = 200
+
+
+def _route(key: str) -> int | tuple[str, int, str] | None:
+    """Decide (and remember) where `key` goes; see `_ROUTES`."""
+    route: int | tuple[str, int, str] | None = _KNOWN.get(key)
+    if route is None and key.startswith(_INDEXED) and (match := _indexed_key(key)) is not None:
+        prefix, index, suffix = match.groups()
+        route = (prefix, int(index), suffix)
+    if len(key) <= _ROUTED_KEY_CHARS:
+        if len(_ROUTES) >= _ROUTES_MAX:
+            _ROUTES.clear()
+        _ROUTES[key] = route
+    return route
 
 
 class _Attrs:
@@ -327,23 +379,30 @@ class _Attrs:
         rest: dict[str, str] = {}
         groups: dict[str, dict[int, dict[str, Any]]] = {}
         flags = 0
+        routes = _ROUTES
         for key, value in attributes.items():
-            bit = _KNOWN.get(key)
-            if bit is not None:
+            route = routes.get(key, _UNSEEN)
+            if route is _UNSEEN:
+                route = _route(key)
+            if route is None:  # an attribute no field reads: kept as text (inline: most are short ASCII)
+                if type(value) is str and len(value) <= limit and value.isascii():
+                    rest[key] = value
+                else:
+                    rest[key] = attribute_text(value, limit)
+            elif type(route) is int:
                 known[key] = value
-                flags |= bit
-            elif key.startswith(_INDEXED) and (match := _indexed_key(key)) is not None:
-                prefix, index, suffix = match.groups()
+                flags |= route
+            else:
+                prefix, index, suffix = route
                 group = groups.get(prefix)
                 if group is None:
-                    group = groups[prefix] = {}
-                item = group.get(int(index))
-                if item is None:
-                    group[int(index)] = {suffix: value}
+                    groups[prefix] = {index: {suffix: value}}
                 else:
-                    item[suffix] = value
-            else:
-                rest[key] = attribute_text(value, limit)
+                    item = group.get(index)
+                    if item is None:
+                        group[index] = {suffix: value}
+                    else:
+                        item[suffix] = value
         self.known = known
         self.rest = rest
         self.groups = groups
@@ -357,8 +416,10 @@ class _Attrs:
                     for index, entry in enumerate(items):
                         group.setdefault(index, {}).update(entry)
 
-    def take(self, keys: tuple[str, ...]) -> Any:
+    def take(self, keys: _Keys) -> Any:
         """The value of the first of `keys` present with a non-empty value, consumed; else None."""
+        if not self.flags & keys.bit:
+            return None
         known = self.known
         for key in keys:
             value = known.get(key)
@@ -367,7 +428,9 @@ class _Attrs:
                 return value
         return None
 
-    def peek(self, keys: tuple[str, ...]) -> Any:
+    def peek(self, keys: _Keys) -> Any:
+        if not self.flags & keys.bit:
+            return None
         known = self.known
         for key in keys:
             value = known.get(key)
@@ -785,17 +848,17 @@ def _llm(attrs: _Attrs, kind: str, span_input: str) -> tuple[LLMCall | None, str
         output_messages = _text_items(attrs, _OI_CHOICES, "completion.text", "assistant")
     new_input = ""
     if not input_messages:
-        raw = attrs.peek(("gen_ai.input.messages",))
+        raw = attrs.peek(_GENAI_INPUT)
         parsed_messages = _genai_messages(raw, limit) if raw is not None else None
         if parsed_messages is not None:
             input_messages = parsed_messages[0]
-            attrs.take(("gen_ai.input.messages",))
+            attrs.take(_GENAI_INPUT)
             if span_input:
                 attrs.give_back("gen_ai.input.messages", raw)
             else:
                 new_input = _str(raw, limit)
     if not output_messages:
-        raw = attrs.peek(("gen_ai.output.messages",))
+        raw = attrs.peek(_GENAI_OUTPUT)
         parsed_messages = _genai_messages(raw, limit) if raw is not None else None
         if parsed_messages is not None:
             output_messages, genai_finish = parsed_messages
@@ -844,24 +907,26 @@ def _llm(attrs: _Attrs, kind: str, span_input: str) -> tuple[LLMCall | None, str
         return None, new_input
     return (
         LLMCall(
-            model=_short(model) if model is not None else "",
-            provider=_short(provider) if provider is not None else "",
-            temperature=temperature,
-            max_tokens=max_tokens,
-            top_p=top_p,
-            stop=stop,
-            system_prompt=system_prompt,
-            input_messages=input_messages,
-            output_messages=output_messages,
-            finish_reason=finish,
-            invocation_parameters=invocation_text,
+            _short(model) if model is not None else "",
+            _short(provider) if provider is not None else "",
+            temperature,
+            max_tokens,
+            top_p,
+            stop,
+            system_prompt,
+            input_messages,
+            output_messages,
+            finish,
+            invocation_text,
         ),
         new_input,
     )
 
 
-def _typed(attrs: _Attrs, keys: tuple[str, ...], convert: Any) -> Any:
+def _typed(attrs: _Attrs, keys: _Keys, convert: Any) -> Any:
     """Take the first of `keys` and convert it; a value that does not convert stays in `attributes`."""
+    if not attrs.flags & keys.bit:
+        return None
     known = attrs.known
     for key in keys:
         value = known.get(key)
@@ -877,18 +942,18 @@ def _typed(attrs: _Attrs, keys: tuple[str, ...], convert: Any) -> Any:
 
 
 def _usage(attrs: _Attrs) -> TokenUsage | None:
-    if _TOKEN_KEYS.isdisjoint(attrs.known):
+    input_tokens = _typed(attrs, _INPUT_TOKENS, _uint32)
+    output_tokens = _typed(attrs, _OUTPUT_TOKENS, _uint32)
+    cached = _typed(attrs, _CACHED_TOKENS, _uint32)
+    reasoning = _typed(attrs, _REASONING_TOKENS, _uint32)
+    total = _typed(attrs, _TOTAL_TOKENS, _uint32)
+    if input_tokens is None and output_tokens is None and cached is None and reasoning is None and total is None:
         return None
-    classes = (_INPUT_TOKENS, _OUTPUT_TOKENS, _CACHED_TOKENS, _REASONING_TOKENS, _TOTAL_TOKENS)
-    counts = [_typed(attrs, keys, _uint32) for keys in classes]
-    if all(c is None for c in counts):
-        return None
-    input_tokens, output_tokens, cached, reasoning, total = (c or 0 for c in counts)
+    input_tokens, output_tokens = input_tokens or 0, output_tokens or 0
+    cached, reasoning = cached or 0, reasoning or 0
     if not total:
         total = min(input_tokens + output_tokens, MAX_UINT32)
-    return TokenUsage(
-        input=input_tokens, output=output_tokens, cached=cached, reasoning=reasoning, total=total
-    )
+    return TokenUsage(input_tokens, output_tokens, cached, reasoning, total)
 
 
 def _prompt_template(attrs: _Attrs) -> PromptTemplate | None:
@@ -999,10 +1064,10 @@ def _payloads(attrs: _Attrs, kind: str) -> tuple[str, str]:
     span_output = _str(value, limit) if value is not None else ""
     if kind == "TOOL" or "gen_ai.tool.call.arguments" in attrs.known:
         if not span_input:
-            value = attrs.take(("gen_ai.tool.call.arguments",))
+            value = attrs.take(_TOOL_ARGUMENTS)
             span_input = _str(value, limit) if value is not None else ""
         if not span_output:
-            value = attrs.take(("gen_ai.tool.call.result",))
+            value = attrs.take(_TOOL_RESULT)
             span_output = _str(value, limit) if value is not None else ""
     return span_input, span_output
 
@@ -1010,12 +1075,12 @@ def _payloads(attrs: _Attrs, kind: str) -> tuple[str, str]:
 def _metadata(attrs: _Attrs) -> None:
     """OpenInference `metadata` (a JSON object) flattened to `metadata.<key>` attributes, so SQL can
     filter on one key; kept whole when it is not an object."""
-    value = attrs.peek(("metadata",))
+    value = attrs.peek(_METADATA)
     if value is None:
         return
     parsed = _json_value(value)
     if isinstance(parsed, dict):
-        attrs.take(("metadata",))
+        attrs.take(_METADATA)
         limit = attrs.limit
         for key, item in parsed.items():
             attrs.rest[f"metadata.{key}"] = attribute_text(item, limit)
@@ -1042,11 +1107,11 @@ def _documents(attrs: _Attrs) -> list[Document]:
     elif reranked:  # both on one span: keep the reranker's where SQL finds them too
         attrs.rest["reranker.output_documents"] = to_json_text([msgspec.to_builtins(d) for d in reranked])
     if not documents:
-        raw = attrs.peek(("gen_ai.retrieval.documents",))
+        raw = attrs.peek(_GENAI_DOCUMENTS)
         parsed = _documents_genai(raw, attrs.limit) if raw is not None else None
         if parsed is not None:
             documents = parsed
-            attrs.take(("gen_ai.retrieval.documents",))
+            attrs.take(_GENAI_DOCUMENTS)
     return documents
 
 
@@ -1066,14 +1131,14 @@ def _grouping(attrs: _Attrs) -> tuple[Any, Any, list[str], Any]:
     session = attrs.take(_SESSION)
     user = attrs.take(_USER)
     tags: list[str] = []
-    value = attrs.peek(("tag.tags",))
+    value = attrs.peek(_TAGS)
     if value is not None:
         parsed = _str_list(value)
         if parsed is not None:
             tags = list(dict.fromkeys(t for t in parsed if t))
-            attrs.take(("tag.tags",))
+            attrs.take(_TAGS)
     _metadata(attrs)
-    return session, user, tags, attrs.take(("error.type",))
+    return session, user, tags, attrs.take(_ERROR_TYPE)
 
 
 # ---- the mapping --------------------------------------------------------------------------------
@@ -1131,9 +1196,9 @@ def map_span(
         if messages_input and not span_input:
             span_input = messages_input
         if not span_output and llm is not None and llm.output_messages:
-            raw = attrs.peek(("gen_ai.output.messages",))
+            raw = attrs.peek(_GENAI_OUTPUT)
             if raw is not None:
-                attrs.take(("gen_ai.output.messages",))
+                attrs.take(_GENAI_OUTPUT)
                 span_output = _str(raw, limit)
     usage = _usage(attrs) if flags & _USAGE else None
     cost = _typed(attrs, _COST, _finite) if flags & _COST_BIT else None
@@ -1150,18 +1215,22 @@ def map_span(
     status_code = span.status_code
     status = OTEL_STATUS[status_code] if 0 <= status_code < len(OTEL_STATUS) else "UNSET"
     status_message = _str(span.status_message, limit) if span.status_message else ""
-    otlp_events, dropped_events = kept_events(span.events, limits.events)
-    events = _events(otlp_events, span.start_time_ns, limit) if otlp_events else []
-    for event in otlp_events:
-        if event.name == "gen_ai.evaluation.result":
-            score = _score_genai(event.attributes, limit)
-            if score is not None:
-                scores.append(score)
+    events: list[Event] = []
+    dropped_events = 0
+    if span.events:
+        otlp_events, dropped_events = kept_events(span.events, limits.events)
+        events = _events(otlp_events, span.start_time_ns, limit)
+        for event in otlp_events:
+            if event.name == "gen_ai.evaluation.result":
+                score = _score_genai(event.attributes, limit)
+                if score is not None:
+                    scores.append(score)
 
     attributes = attrs.finish()
-    error_type = _error_type(explicit_error, events, status, status_message)
-    if error_type is not None:
-        attributes["error.type"] = error_type
+    if explicit_error is not None or events or status == "ERROR":
+        error_type = _error_type(explicit_error, events, status, status_message)
+        if error_type is not None:
+            attributes["error.type"] = error_type
     if origin.scope_name:
         attributes["otel.scope.name"] = origin.scope_name
         if origin.scope_version:
@@ -1181,39 +1250,40 @@ def map_span(
         attributes["otel.links"] = _links(links, limit)
     if span.trace_state:
         attributes["otel.trace_state"] = _short(span.trace_state)
-    for key, count in (
-        ("otel.dropped_attributes_count", span.dropped_attributes_count),
-        ("otel.dropped_events_count", span.dropped_events_count),
-        ("otel.dropped_links_count", span.dropped_links_count),
-    ):
-        if count:
-            attributes[key] = str(count)
+    if span.dropped_attributes_count:
+        attributes["otel.dropped_attributes_count"] = str(span.dropped_attributes_count)
+    if span.dropped_events_count:
+        attributes["otel.dropped_events_count"] = str(span.dropped_events_count)
+    if span.dropped_links_count:
+        attributes["otel.dropped_links_count"] = str(span.dropped_links_count)
     if dropped_events:
         attributes = dropped_events_marker(attributes, dropped_events)
 
+    # Positional: msgspec builds a Struct from 25 keywords ~3x slower than from positions (3.5 µs
+    # against 1.2); the order is `Span`'s field order, which only ever grows at the end.
     return Span(
-        trace_id=span.trace_id,
-        span_id=span.span_id,
-        name=_short(span.name) or "unnamed",
-        start_time_ns=span.start_time_ns,
-        end_time_ns=span.end_time_ns,
-        parent_span_id=parent,
-        kind=kind,  # type: ignore[arg-type]
-        service=origin.service,
-        status=status,  # type: ignore[arg-type]
-        status_message=status_message,
-        input=span_input,
-        output=span_output,
-        attributes=attributes,
-        resource=origin.resource,
-        events=events,
-        llm=llm,
-        usage=usage,
-        cost_usd=cost,
-        prompt=prompt,
-        documents=documents,
-        scores=scores,
-        session_id=_short(session) if session is not None else "",
-        user_id=_short(user) if user is not None else "",
-        tags=tags,
+        span.trace_id,
+        span.span_id,
+        _short(span.name) or "unnamed",
+        span.start_time_ns,
+        span.end_time_ns,
+        parent,
+        kind,
+        origin.service,
+        status,
+        status_message,
+        span_input,
+        span_output,
+        attributes,
+        origin.resource,
+        events,
+        llm,
+        usage,
+        cost,
+        prompt,
+        documents,
+        scores,
+        _short(session) if session is not None else "",
+        _short(user) if user is not None else "",
+        tags,
     )

@@ -36,7 +36,12 @@ def _value(v: Any) -> Any:
 
 
 def _attributes(key_values: Any) -> dict[str, Any]:
-    return {kv.key: _value(kv.value) for kv in key_values}
+    out = {}
+    for kv in key_values:
+        value = kv.value
+        text = value.string_value  # most attributes are non-empty strings: no call for them
+        out[kv.key] = text if text else _value(value)
+    return out
 
 
 def _span(sp: Any) -> OtlpSpan:

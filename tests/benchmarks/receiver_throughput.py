@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gzip
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -106,6 +108,122 @@ def build_bodies(count: int, batch: int, encoding: str) -> list[bytes]:
         else:
             bodies.append(request.SerializeToString())
     return bodies
+
+
+# Issue 12's workload: traces of 1 AGENT + 3 children (an OpenInference LLM call, a GenAI-semconv LLM
+# call, an OpenInference tool call), 12 attributes per span, ~1 KB of input and ~512 B of output text.
+_WORDS = (
+    "the of and to in is that for it as was with be by on not this are or from at which but have an they you "
+    "were she there been one all we their has would when if so no will its who more out up can said about into "
+    "than them only some could time these two may then first any my now such like other how over also support "
+    "key rotate settings model answer context retrieval document invoice billing account refund order"
+).split()
+
+
+def _prose(rng: random.Random, size: int) -> str:
+    words = []
+    while sum(map(len, words)) + len(words) < size:
+        words.append(rng.choice(_WORDS))
+    return " ".join(words)[:size]
+
+
+def anchor_attributes(rng: random.Random, i: int) -> list[dict[str, object]]:
+    """The four spans' attributes of one trace: AGENT, LLM (OpenInference), LLM (GenAI), TOOL."""
+    people = {"session.id": f"sess-{i % 97}", "user.id": f"user-{i % 13}"}
+    io = {"input.value": _prose(rng, 1024), "output.value": _prose(rng, 512)}
+    agent = {"openinference.span.kind": "AGENT", **io, "input.mime_type": "text/plain",
+             "output.mime_type": "text/plain", **people, "agent.name": "support-agent",
+             "metadata": json.dumps({"tenant": f"t{i % 7}", "tier": "gold"}), "tag.tags": '["prod", "support"]',
+             "graph.node.id": "agent", "llm.prompt_template.version": "v3"}  # fmt: skip
+    llm = {"openinference.span.kind": "LLM", "input.value": _prose(rng, 1024), "output.value": _prose(rng, 512),
+           "llm.model_name": "gpt-4o-mini", "llm.provider": "openai",
+           "llm.invocation_parameters": '{"temperature": 0.2, "max_tokens": 512}',
+           "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": _prose(rng, 200),
+           "llm.output_messages.0.message.role": "assistant", "llm.token_count.prompt": 312 + i % 50,
+           "llm.token_count.completion": 96, "llm.token_count.total": 408 + i % 50}  # fmt: skip
+    user = [{"role": "user", "parts": [{"type": "text", "content": _prose(rng, 1024)}]}]
+    answer = [{"role": "assistant", "parts": [{"type": "text", "content": _prose(rng, 512)}], "finish_reason": "stop"}]
+    genai = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
+             "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.request.temperature": 0.3,
+             "gen_ai.request.max_tokens": 1024, "gen_ai.usage.input_tokens": 700 + i % 30,
+             "gen_ai.usage.output_tokens": 120, "gen_ai.response.finish_reasons": "stop",
+             "gen_ai.response.id": f"chatcmpl-{i}", "gen_ai.input.messages": json.dumps(user),
+             "gen_ai.output.messages": json.dumps(answer)}  # fmt: skip
+    tool = {"openinference.span.kind": "TOOL", "input.value": _prose(rng, 1024), "output.value": _prose(rng, 512),
+            "tool.name": "lookup_order", "tool.description": "Looks an order up",
+            "tool.parameters": '{"type": "object"}',
+            "input.mime_type": "application/json", "output.mime_type": "text/plain", **people,
+            "http.status_code": 200, "retry.count": 0}  # fmt: skip
+    return [agent, llm, genai, tool]
+
+
+def anchor_bodies(count: int, batch: int, encoding: str) -> list[bytes]:
+    """`count` bodies of `batch` spans of issue 12's workload (see `anchor_attributes`)."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    def kv(key: str, value: object) -> KeyValue:
+        if isinstance(value, int):
+            return KeyValue(key=key, value=AnyValue(int_value=value))
+        if isinstance(value, float):
+            return KeyValue(key=key, value=AnyValue(double_value=value))
+        return KeyValue(key=key, value=AnyValue(string_value=str(value)))
+
+    rng = random.Random(12)
+    names = ("agent.run", "ChatCompletion", "chat gpt-4o", "lookup_order")
+    bodies = []
+    for b in range(count):
+        request = ExportTraceServiceRequest()
+        resource_spans = request.resource_spans.add()
+        resource = [kv("service.name", "support-bot"), kv("deployment.environment", "prod")]
+        resource_spans.resource.attributes.extend(resource)
+        scope = resource_spans.scope_spans.add()
+        scope.scope.name = "openinference.instrumentation.openai"
+        for t in range(batch // 4):
+            trace_id, root = rng.randbytes(16), rng.randbytes(8)
+            start = 1_750_000_000_000_000_000 + (b * batch + t) * 10_000_000
+            for j, attributes in enumerate(anchor_attributes(rng, b * batch + t)):
+                span = scope.spans.add(
+                    trace_id=trace_id, span_id=root if j == 0 else rng.randbytes(8),
+                    parent_span_id=b"" if j == 0 else root, name=names[j], kind=3 if j == 2 else 1,
+                    start_time_unix_nano=start + j, end_time_unix_nano=start + 5_000_000 + j,
+                )  # fmt: skip
+                span.status.code = 1
+                span.attributes.extend(kv(k, v) for k, v in attributes.items())
+        if encoding == "json":
+            document = json_format.MessageToDict(request)
+            for span in document["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:  # OTLP/JSON ids are hex, not protobuf-JSON base64
+                        span[key] = base64.b64decode(span[key]).hex()
+            bodies.append(json.dumps(document).encode())
+        else:
+            bodies.append(request.SerializeToString())
+    return bodies
+
+
+def ingest_split(body: bytes, encoding: str, repeats: int = 9, rounds: int = 10) -> dict[str, float]:
+    """CPU µs per span of decode, of map (with the span limits) and of the whole `ingest`, each the
+    median of `repeats` (time.process_time over `rounds` calls), interleaved so load hits all alike."""
+    from tracehouse.producers.otlp.ingest import decode_request, ingest, map_batches
+
+    media = "application/json" if encoding == "json" else "application/x-protobuf"
+    spans = len(ingest(body, media).spans)
+    decoded = decode_request(body, media)
+    steps = {
+        "decode": lambda: decode_request(body, media),
+        "map": lambda: map_batches(decoded, source_bytes=len(body)),
+        "ingest": lambda: ingest(body, media),
+    }
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t0 = time.process_time()
+            for _ in range(rounds):
+                step()
+            times[name].append((time.process_time() - t0) / (rounds * spans) * 1e6)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 # ---- the receiver process -----------------------------------------------------------------------
@@ -326,6 +444,17 @@ def main() -> int:
     parser.add_argument("--gzip", action="store_true", help="gzip the bodies (Content-Encoding: gzip)")
     parser.add_argument("--kafka", default="none", help="none | auto | HOST:PORT (see the module doc)")
     parser.add_argument("--offload-bytes", type=int, default=None, help="ReceiverOptions.offload_bytes")
+    parser.add_argument(
+        "--workload",
+        choices=("llm", "anchor"),
+        default="llm",
+        help="llm: one OpenInference LLM span shape; anchor: issue 12's traces (200 spans a body)",
+    )
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="print decode / map / ingest CPU µs per span in this process, and exit",
+    )
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--path", default="acked", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -333,8 +462,20 @@ def main() -> int:
         serve(args.serve, args.kafka, args.path, args.offload_bytes)
         return 0
 
+    if args.ingest_only:  # measured where it runs, not pinned: compare runs made in the same conditions
+        batch = 200 if args.workload == "anchor" and args.batch == 500 else args.batch
+        build = anchor_bodies if args.workload == "anchor" else build_bodies
+        (body,) = build(1, batch, args.encoding)
+        cost = ingest_split(body, args.encoding)
+        print(
+            f"{args.workload} workload, {batch} spans per {args.encoding} body"
+            f" ({len(body) / batch:.0f} bytes per span): decode {cost['decode']:.1f}, map {cost['map']:.1f},"
+            f" ingest {cost['ingest']:.1f} µs CPU per span (medians)"
+        )
+        return 0
     os.sched_setaffinity(0, {1})
-    bodies = build_bodies(12, args.batch, args.encoding)
+    build = anchor_bodies if args.workload == "anchor" else build_bodies
+    bodies = build(12, args.batch, args.encoding)
     if args.gzip:
         bodies = [gzip.compress(b, 6) for b in bodies]
     size = len(bodies[0]) / args.batch
