@@ -46,7 +46,7 @@ def _need(extra: str, module: str) -> None:
 
 def cmd_clickhouse(args: argparse.Namespace) -> int:
     _need("embedded", "chdb")
-    from tracehouse.infra.clickhouse_server import serve
+    from tracehouse.infra.clickhouse.server import serve
 
     settings = _settings(args)
     target = settings.clickhouse

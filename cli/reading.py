@@ -16,7 +16,7 @@ from tracehouse.sinks.clickhouse import sync_client
 @contextlib.contextmanager
 def clickhouse_for_reading(settings: Settings) -> Iterator[Client]:
     """A client at the configured URL, starting the embedded server there if nothing answers."""
-    from tracehouse.infra.clickhouse_launcher import ensure_clickhouse
+    from tracehouse.infra.clickhouse.launcher import ensure_clickhouse
 
     embedded = ensure_clickhouse(settings.clickhouse_url, settings.clickhouse_data_dir)
     try:

@@ -468,7 +468,7 @@ def show_top(
     """Read the rollups once (`--once`, `--json`) or until Ctrl-C, with the embedded server started for
     this command when nothing answers at the URL."""
     from tracehouse.cli.reading import clickhouse_for_reading
-    from tracehouse.infra.clickhouse_launcher import clickhouse_answers
+    from tracehouse.infra.clickhouse.launcher import clickhouse_answers
 
     request = top_request(options)
     database = settings.clickhouse.database

@@ -5,7 +5,7 @@ A server on 127.0.0.1 is reachable by every web page its user opens: a browser d
 is re-pointed at 127.0.0.1 ("DNS rebinding") even counts as same-origin. API clients (curl, SDKs,
 clickhouse-connect, Grafana) send no `Origin` header, so refusing what carries browser marks costs them
 nothing. The web explorer (`web/app.py`, for requests with a body) and the embedded ClickHouse server
-(`infra/clickhouse_access.py`, for every request) both ask `browser_refusal`; each answers in its own
+(`infra/clickhouse/access.py`, for every request) both ask `browser_refusal`; each answers in its own
 error form.
 """
 

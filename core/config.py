@@ -18,7 +18,7 @@ DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_CLICKHOUSE_URL = "http://127.0.0.1:8123"
 DEFAULT_DATA_DIR = "./.tracehouse"
 # Users (passwords as SHA-256, readonly levels) of the embedded ClickHouse server, a TOML file; unset: any
-# user. Read by `tracehouse clickhouse` (infra/clickhouse_access.py describes the file).
+# user. Read by `tracehouse clickhouse` (infra/clickhouse/access.py describes the file).
 CLICKHOUSE_USERS_FILE_ENV = "TRACEHOUSE_CLICKHOUSE_USERS_FILE"
 # Health endpoints (`GET /health/live`, `/health/ready`) of the worker and the sink; 0 turns them off.
 # Clear of the receiver (4318), the web UI (8787), ClickHouse (8123) and the sink's metrics (9464).

@@ -19,7 +19,6 @@ Command line (backs `tracehouse kafka`):
 from __future__ import annotations
 
 import argparse
-import atexit
 import base64
 import contextlib
 import fcntl
@@ -42,6 +41,7 @@ from types import TracebackType
 # names stay importable from here for the benchmarks and tests that start a broker and make topics on it.
 from tracehouse.core.topic_admin import create_topics, ensure_topics  # noqa: F401
 from tracehouse.infra.ports import free_port
+from tracehouse.infra.processes import ServerProcess
 
 POM_PATH = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 # Written into the jars directory only after Maven succeeded; its absence means "fetch (again)".
@@ -254,43 +254,6 @@ def kafka_answers(bootstrap: str, timeout: float = 1.0) -> bool:
 
 # ------------------------------------------------------------------------------------ processes
 
-# Brokers still running when the interpreter exits are stopped, so an aborted test run does not leave
-# JVMs holding ports and half a GB each. (A SIGKILLed Python cannot clean up; nothing can.)
-_LIVE: set[subprocess.Popen[bytes]] = set()
-
-
-@atexit.register
-def _stop_leftovers() -> None:
-    for proc in list(_LIVE):
-        _terminate(proc, timeout=10.0)
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """Signal the child's whole process group (it runs in its own session), so a launcher wrapper
-    and the real server both get it."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-def _terminate(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> int:
-    """Ask the process to stop (`sig`), SIGKILL it after `timeout` seconds; return its exit code."""
-    if proc.poll() is None:
-        _signal_group(proc, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
-    _LIVE.discard(proc)
-    return proc.returncode
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:  # never signal a reaped pid: it may belong to someone else by now
-        _signal_group(proc, signal.SIGKILL)
-    proc.wait()
-    _LIVE.discard(proc)
-
 
 def _tail(path: Path, lines: int = 40) -> str:
     try:
@@ -298,19 +261,6 @@ def _tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return f"(no {path.name})"
     return "\n".join(text.splitlines()[-lines:]) or f"({path.name} is empty)"
-
-
-def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start a server in its own session (so a terminal Ctrl-C reaches us, not it, and we stop it in
-    order), with stdout+stderr appended to `log_path`."""
-    with open(log_path, "ab") as log:
-        log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    _LIVE.add(proc)
-    return proc
 
 
 def _random_cluster_id() -> str:
@@ -325,13 +275,17 @@ def _random_cluster_id() -> str:
 # --------------------------------------------------------------------------------------- broker
 
 
-class KafkaBroker:
+class KafkaBroker(ServerProcess):
     """A single-node Apache Kafka in KRaft mode (broker and controller in one JVM), data in `data_dir`.
 
     Layout of `data_dir`: `server.properties` and `log4j.properties` (rewritten on each start), `kafka-logs/`
     (the topic data; formatted once), `kafka.log` (broker log, WARN and up) and `kafka.out` (JVM stdout and
     stderr). Ports are chosen on first start and kept across `restart()`, so clients can reconnect.
+    `stop()` is SIGTERM (Kafka flushes and writes its clean-shutdown marker), SIGKILL after 30 s; `kill()`
+    is like a crash or an OOM kill: the next start runs log recovery.
     """
+
+    stop_timeout = 30.0
 
     def __init__(
         self, data_dir: Path, port: int | None = None, jars: Path | None = None, partitions: int = 4
@@ -341,7 +295,7 @@ class KafkaBroker:
         self.controller_port: int | None = None
         self.partitions = partitions
         self._jars = Path(jars) if jars is not None else None
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
         #: Seconds the last `start()` took from launching the JVM to answering metadata requests.
         self.start_seconds: float | None = None
 
@@ -352,14 +306,6 @@ class KafkaBroker:
         if self.port is None:
             raise KafkaBrokerError("broker has no port yet; call start() first")
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def log_dir(self) -> Path:
@@ -510,19 +456,18 @@ class KafkaBroker:
         props = self._write_config()
         self._format_storage(jars, props)
         started = time.monotonic()
-        self._proc = _spawn(self._java_cmd(jars, "kafka.Kafka", str(props)), self.out_file)
+        self._spawn(self._java_cmd(jars, "kafka.Kafka", str(props)), self.out_file)
         deadline = started + timeout
         while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                _LIVE.discard(self._proc)
+            code = self._exited()
+            if code is not None:
                 raise KafkaBrokerError(
                     f"Kafka exited with code {code} while starting (port {self.port}).\n" + self._logs_tail()
                 )
             if kafka_answers(self.bootstrap, timeout=1.0):
                 break
             if time.monotonic() > deadline:
-                _kill(self._proc)
+                self.kill()
                 raise KafkaBrokerError(
                     f"Kafka did not answer on {self.bootstrap} within {timeout:.0f}s; killed it.\n"
                     + self._logs_tail()
@@ -530,18 +475,6 @@ class KafkaBroker:
             time.sleep(0.1)
         self.start_seconds = time.monotonic() - started
         return self
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """Shut down cleanly (SIGTERM: Kafka flushes and writes its clean-shutdown marker), SIGKILL after
-        `timeout`. Returns the exit code, or None if it was not running."""
-        if self._proc is None:
-            return None
-        return _terminate(self._proc, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL, like a crash or an OOM kill: the next start runs log recovery."""
-        if self._proc is not None:
-            _kill(self._proc)
 
     def restart(self, timeout: float = 90.0) -> KafkaBroker:
         """Stop (if running) and start again on the same ports and data."""
@@ -552,9 +485,7 @@ class KafkaBroker:
         """Block until the broker process exits; return its exit code."""
         if self._proc is None:
             raise KafkaBrokerError("broker was never started")
-        code = self._proc.wait()
-        _LIVE.discard(self._proc)
-        return code
+        return super().wait()
 
     def __enter__(self) -> KafkaBroker:
         return self.start()

@@ -20,21 +20,17 @@ import importlib.util
 import os
 import shutil
 import stat
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
 from tracehouse.infra.kafka_broker import (
-    _LIVE,
-    _kill,
-    _spawn,
     _tail,
-    _terminate,
     kafka_answers,  # re-exported: the probe belongs to both brokers
 )
 from tracehouse.infra.ports import free_port
+from tracehouse.infra.processes import ServerProcess
 
 __all__ = ["NoidaError", "NoidaKafka", "kafka_answers", "noida_binary"]
 
@@ -70,17 +66,21 @@ def noida_binary() -> Path:
     )
 
 
-class NoidaKafka:
+class NoidaKafka(ServerProcess):
     """noida-db running only its Kafka service on 127.0.0.1:`port`, data in `data_dir`.
 
     Output (including a harmless GLIBC weak-version warning the binary prints) goes to `data_dir/noida.log`.
-    The port is chosen on first start and kept across restarts.
+    The port is chosen on first start and kept across restarts. `stop()` is SIGTERM (noida saves its data
+    and exits 0), SIGKILL after 10 s; `kill()` loses writes from roughly the last second (noida saves about
+    once a second).
     """
+
+    stop_timeout = 10.0
 
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
         #: Seconds the last `start()` took until Kafka answered.
         self.start_seconds: float | None = None
 
@@ -89,14 +89,6 @@ class NoidaKafka:
         if self.port is None:
             raise NoidaError("noida has no port yet; call start() first")
         return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     @property
     def log_file(self) -> Path:
@@ -120,16 +112,16 @@ class NoidaKafka:
             "--host", "127.0.0.1", "--data-dir", str(self.data_dir),
         ]  # fmt: skip
         started = time.monotonic()
-        self._proc = _spawn(cmd, self.log_file)
+        self._spawn(cmd, self.log_file)
         while not kafka_answers(self.bootstrap, timeout=0.5):
-            if self._proc.poll() is not None:
-                _LIVE.discard(self._proc)
+            code = self._exited()
+            if code is not None:
                 raise NoidaError(
-                    f"noida-db exited with code {self._proc.returncode} while starting on port {self.port}:\n"
+                    f"noida-db exited with code {code} while starting on port {self.port}:\n"
                     + _tail(self.log_file)
                 )
             if time.monotonic() - started > timeout:
-                _kill(self._proc)
+                self.kill()
                 raise NoidaError(
                     f"noida-db did not answer on {self.bootstrap} within {timeout:.0f}s; killed it:\n"
                     + _tail(self.log_file)
@@ -137,17 +129,6 @@ class NoidaKafka:
             time.sleep(0.02)
         self.start_seconds = time.monotonic() - started
         return self
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (noida saves its data and exits 0), SIGKILL after `timeout`; returns the exit code."""
-        if self._proc is None:
-            return None
-        return _terminate(self._proc, timeout)
-
-    def kill(self) -> None:
-        """SIGKILL: writes from roughly the last second are lost (noida saves about once a second)."""
-        if self._proc is not None:
-            _kill(self._proc)
 
     def restart(self, timeout: float = 15.0) -> NoidaKafka:
         self.stop()

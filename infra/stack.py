@@ -20,7 +20,7 @@ from pathlib import Path
 from tracehouse.core.config import Settings
 from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.topic_admin import TopicAdminError, ensure_topics
-from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse, ensure_clickhouse
+from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse, ensure_clickhouse
 from tracehouse.infra.kafka_broker import kafka_answers
 from tracehouse.infra.noida_broker import NoidaKafka
 from tracehouse.infra.processes import ManagedProcess

@@ -20,7 +20,7 @@ import pytest
 from tracehouse.core.config import Settings
 from tracehouse.core.topic_admin import create_topics
 from tracehouse.core.topics import topic_specs
-from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse
+from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse
 from tracehouse.infra.kafka_broker import KafkaBroker
 
 SPANS_PARTITIONS = 4

@@ -15,7 +15,7 @@ import pytest
 from waiting import wait_until
 
 from tracehouse.core.config import Settings
-from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse
+from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse
 from tracehouse.infra.processes import ManagedProcess
 from tracehouse.infra.stack import LocalStack
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions

@@ -269,7 +269,7 @@ def run_web(settings: Settings, host: str = "127.0.0.1", port: int = DEFAULT_POR
         with contextlib.suppress(ImportError):
             import chdb  # noqa: F401  (only the [embedded] extra has it)
 
-            from tracehouse.infra.clickhouse_launcher import ensure_clickhouse
+            from tracehouse.infra.clickhouse.launcher import ensure_clickhouse
 
             server = ensure_clickhouse(settings.clickhouse_url, settings.clickhouse_data_dir)
 

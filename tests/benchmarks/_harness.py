@@ -129,7 +129,7 @@ class Stack:
         return self
 
     def _start(self) -> None:
-        from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse
+        from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse
         from tracehouse.infra.kafka_broker import KafkaBroker, create_topics
 
         external_ch = os.environ.get("TRACEHOUSE_CLICKHOUSE_URL")

@@ -8,7 +8,7 @@ tracehouse side — every process on this machine, each its own OS process, as `
   load generator (OTLP/HTTP protobuf, 100 % by default) → `tracehouse receiver` ─┬→ Kafka (Apache Kafka
   load generator (SDK `SpanTransport`, the rest with --otlp-share below 1) ────────┘  KRaft; noida-db with
   --embedded) → `tracehouse worker` (1, or 2) and `tracehouse sink` → ClickHouse (the embedded engine over
-  HTTP, `tracehouse.infra.clickhouse_server`).
+  HTTP, `tracehouse.infra.clickhouse.server`).
 Phases, each after the previous one has drained: a short warm-up; `max`, at the offered rate (--rate,
 default 20,000 spans/s, the issue's target) for --duration (60 s, 15 with --quick); `half`, at half that rate,
 for the delay target; and, when `max` did not keep up, `diag`, at half of what `max` actually stored, to
@@ -167,7 +167,7 @@ class Pipeline:
     ch: CH | None = None
 
     def start(self) -> Pipeline:
-        from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse
+        from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse
         from tracehouse.infra.kafka_broker import KafkaBroker, create_topics
         from tracehouse.sinks.migrate import migrate
 

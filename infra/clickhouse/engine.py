@@ -49,8 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tracehouse.infra.clickhouse_codecs import BodyDecoder, ResponseBody
-from tracehouse.infra.clickhouse_sql import InsertHead, quote_identifier, quote_string
+from tracehouse.infra.clickhouse.codecs import BodyDecoder, ResponseBody
+from tracehouse.infra.clickhouse.sql import InsertHead, quote_identifier, quote_string
 
 log = logging.getLogger(__name__)
 

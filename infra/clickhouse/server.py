@@ -7,15 +7,15 @@ the query in the URL and/or the body, `param_*` query parameters, settings as UR
 inserts with the data in the body (compressed or not), streamed results, and ClickHouse's error format
 and status codes. For clickhouse-go (Grafana) it also writes Native for the `client_protocol_version` a
 client names and frames responses in ClickHouse's compressed blocks for `compress=1`; see
-clickhouse_native. See clickhouse_engine for how requests map onto chdb.
+native.py. See engine.py for how requests map onto chdb.
 
-Who may use it is clickhouse_access's business: requests from web pages are refused, GET and `readonly`
+Who may use it is access.py's business: requests from web pages are refused, GET and `readonly`
 are read-only as on a ClickHouse server, and with a users file every request must authenticate.
 
 Not supported: external data (file fields in a multipart form), progress headers, query cancellation by
 KILL QUERY, HTTPS, roles, quotas and grants beyond a user's readonly level.
 
-Run it as `python -m tracehouse.infra.clickhouse_server --data-dir DIR --port 8123`; it serves until
+Run it as `python -m tracehouse.infra.clickhouse.server --data-dir DIR --port 8123`; it serves until
 SIGINT or SIGTERM. Only one process may open a data directory.
 """
 
@@ -39,9 +39,9 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from tracehouse.core.config import CLICKHOUSE_USERS_FILE_ENV
-from tracehouse.infra.clickhouse_access import Access, Refused, Users, readonly_level
-from tracehouse.infra.clickhouse_codecs import BodyDecoder, CodecError, ResponseBody, response_encoder
-from tracehouse.infra.clickhouse_engine import (
+from tracehouse.infra.clickhouse.access import Access, Refused, Users, readonly_level
+from tracehouse.infra.clickhouse.codecs import BodyDecoder, CodecError, ResponseBody, response_encoder
+from tracehouse.infra.clickhouse.engine import (
     Engine,
     EngineLockedError,
     Handle,
@@ -49,8 +49,8 @@ from tracehouse.infra.clickhouse_engine import (
     Stats,
     engine_settings,
 )
-from tracehouse.infra.clickhouse_native import compress_blocks, upgrade_blocks
-from tracehouse.infra.clickhouse_sql import (
+from tracehouse.infra.clickhouse.native import compress_blocks, upgrade_blocks
+from tracehouse.infra.clickhouse.sql import (
     NEED_MORE,
     RESULT_KEYWORDS,
     InsertHead,
@@ -301,7 +301,7 @@ class ClickHouseHTTP:
         self, req: _Request, head: InsertHead, data: bytes, content: Any, decoder: BodyDecoder
     ) -> web.Response:
         """Spool the body to a file as it arrives, then run the INSERT on it with `FROM INFILE`: the engine's
-        answer is then the whole truth (see clickhouse_engine), and a body cut short inserts nothing."""
+        answer is then the whole truth (see engine.py), and a body cut short inserts nothing."""
         engine = self.engine
         spool = None
         raw = b""
@@ -523,7 +523,7 @@ def serve(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tracehouse.infra.clickhouse_server",
+        prog="python -m tracehouse.infra.clickhouse.server",
         description="ClickHouse (chdb, in process) served over ClickHouse's HTTP interface.",
     )
     parser.add_argument("--data-dir", type=Path, required=True, help="where the databases live")

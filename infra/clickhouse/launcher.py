@@ -1,4 +1,4 @@
-"""Starting the embedded ClickHouse server (clickhouse_server) as a child process.
+"""Starting the embedded ClickHouse server (server.py) as a child process.
 
 A subprocess rather than a thread: chdb allows one data directory per process, a crash in the engine must
 not take the caller down, and fault tests need to SIGKILL the database and start it again on the same
@@ -8,8 +8,6 @@ directory and port, which is what a real ClickHouse restart looks like to the pi
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -19,6 +17,7 @@ from types import TracebackType
 
 from tracehouse.core.config import parse_clickhouse_url
 from tracehouse.infra.ports import free_port
+from tracehouse.infra.processes import ServerProcess
 
 LOG_NAME = "clickhouse-server.log"
 
@@ -35,14 +34,19 @@ def clickhouse_answers(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
-class EmbeddedClickHouse:
+class EmbeddedClickHouse(ServerProcess):
     """The embedded server as a subprocess on host:port with its data in `data_dir`.
 
     `start()` returns once /ping answers; `stop()` asks politely (SIGTERM) and then insists; `kill()` is
     SIGKILL for fault tests. It can be started again afterwards, on the same directory and port. With
-    `users_file`, only its users may query it (see clickhouse_access); otherwise the server reads
+    `users_file`, only its users may query it (see access.py); otherwise the server reads
     TRACEHOUSE_CLICKHOUSE_USERS_FILE from the environment it inherits.
+
+    It stays in the caller's process group (a terminal Ctrl-C reaches it too), as it always has.
     """
+
+    own_session = False
+    stop_timeout = 15.0
 
     def __init__(
         self,
@@ -59,19 +63,11 @@ class EmbeddedClickHouse:
         self.port = port or free_port(host)
         self.startup_timeout = startup_timeout
         self.log_path = self.data_dir / LOG_NAME
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self) -> EmbeddedClickHouse:
         if self.running:
@@ -80,21 +76,12 @@ class EmbeddedClickHouse:
             raise RuntimeError(f"something already answers at {self.url}; not starting a ClickHouse there")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "tracehouse.infra.clickhouse_server",
+            sys.executable, "-m", "tracehouse.infra.clickhouse.server",
             "--data-dir", str(self.data_dir), "--host", self.host, "--port", str(self.port),
         ]  # fmt: skip
         if self.users_file is not None:
             cmd += ["--users-file", str(self.users_file)]
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n--- starting {' '.join(cmd)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        self._spawn(cmd, self.log_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self._wait_ready()
         return self
 
@@ -102,9 +89,8 @@ class EmbeddedClickHouse:
         assert self._proc is not None
         deadline = time.monotonic() + self.startup_timeout
         while True:
-            code = self._proc.poll()
+            code = self._exited()
             if code is not None:
-                self._proc = None
                 raise RuntimeError(
                     f"embedded ClickHouse exited with status {code} while starting on {self.url}; "
                     f"log {self.log_path}:\n{self.log_tail()}"
@@ -127,26 +113,6 @@ class EmbeddedClickHouse:
                 return b"\n".join(fh.read().splitlines()[-lines:]).decode("utf-8", "replace")
         except OSError:
             return "(no log)"
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL if it has not exited after `timeout` seconds."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown at all, like a power cut for the database."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.kill()
-        proc.wait()
 
     def __enter__(self) -> EmbeddedClickHouse:
         return self.start()

@@ -28,9 +28,9 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from tracehouse.infra.clickhouse_cityhash import city_hash128
-from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse, clickhouse_answers, ensure_clickhouse
-from tracehouse.infra.clickhouse_sql import (
+from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse, clickhouse_answers, ensure_clickhouse
+from tracehouse.infra.clickhouse.native import city_hash128
+from tracehouse.infra.clickhouse.sql import (
     NEED_MORE,
     NOT_DATA_INSERT,
     InsertHead,
@@ -485,7 +485,7 @@ def test_data_dir_and_port_are_exclusive(server: EmbeddedClickHouse, tmp_path: P
         busy.listen()
         port = busy.getsockname()[1]
         proc = subprocess.run(
-            [sys.executable, "-m", "tracehouse.infra.clickhouse_server", "--data-dir", str(tmp_path / "ch"),
+            [sys.executable, "-m", "tracehouse.infra.clickhouse.server", "--data-dir", str(tmp_path / "ch"),
              "--port", str(port)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip

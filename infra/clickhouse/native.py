@@ -282,11 +282,26 @@ _LZ4_METHOD = 0x82
 _BLOCK = 1 << 20  # max_compress_block_size
 
 
+_LOW_64_BITS = (1 << 64) - 1
+
+
+def city_hash128(data: bytes) -> tuple[int, int]:
+    """The block checksum: CityHash128 in ClickHouse's variant (CityHash v1.0.2; later CityHash releases
+    changed the function), as its two 64-bit words in the order they are written.
+
+    clickhouse-cityhash is ClickHouse's own C++ code (the clickhouse-driver project's binding), so the
+    checksum is exactly what clickhouse-go verifies, at C speed. It returns one 128-bit integer whose high
+    half is the word written first.
+    """
+    from clickhouse_cityhash.cityhash import CityHash128
+
+    value = CityHash128(data)
+    return value >> 64, value & _LOW_64_BITS
+
+
 def compress_block(data: bytes) -> bytes:
     """One compressed block: CityHash128 checksum, then method, sizes and the lz4-compressed data."""
     import lz4.block
-
-    from tracehouse.infra.clickhouse_cityhash import city_hash128
 
     packed = lz4.block.compress(data, store_size=False)
     body = struct.pack("<BII", _LZ4_METHOD, 9 + len(packed), len(data)) + packed

@@ -28,7 +28,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from waiting import wait_until
 
-from tracehouse.infra.clickhouse_launcher import EmbeddedClickHouse
+from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

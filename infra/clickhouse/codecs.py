@@ -123,7 +123,8 @@ _NATIVE_NONE, _NATIVE_LZ4, _NATIVE_ZSTD = 0x02, 0x82, 0x90
 
 class _NativeBlocks:
     """ClickHouse's own compressed-block framing (`decompress=1`). Checksums are not verified: the
-    server is local, and verifying them would need CityHash128, which no installed library provides."""
+    server is local, and a request body is read the same way whether or not the client sent them right
+    (`native.city_hash128` could check them, if that is ever wanted)."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
