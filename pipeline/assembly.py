@@ -17,12 +17,19 @@ must replay from after a crash to rebuild every open trace.
 
 from __future__ import annotations
 
+import math
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from tracehouse.core.pricing import PriceTable, price_span
-from tracehouse.core.schema import Span, TraceRecord
+from tracehouse.core.pricing import CostSource, PriceTable, price_span
+from tracehouse.core.schema import TraceRecord
+from tracehouse.pipeline.span_view import AnySpan, usage_total
+
+_NODE = 5  # entries per span in _Trace.nodes
+_opened = operator.attrgetter("seq")
 
 
 @dataclass
@@ -55,6 +62,7 @@ class _Trace:
         "output_tokens",
         "reasoning_tokens",
         "root",
+        "seq",
         "services",
         "session_id",
         "slowest",
@@ -75,7 +83,9 @@ class _Trace:
         self.span_ids: set[int] = set()
         self.children_waiting: dict[int, int] = {}
         self.orphans = 0
-        self.nodes: list[tuple[int, int, int, int, int, str]] | None = []  # id, parent, start, end, dur, name
+        # The span tree while open, flat (id, parent, end, duration, name for each span in turn): a tuple per
+        # span would be one more object per span for the garbage collector to chase while the trace is open.
+        self.nodes: list[Any] | None = []
         self.root: tuple[str, str, str, str] | None = None  # name, span_id, service, status
         self.services: dict[str, None] = {}
         self.start = 0
@@ -94,6 +104,7 @@ class _Trace:
         self.slowest: tuple[int, str, str] = (-1, "", "")  # duration, span_id, name
         self.emitted_version = 0
         self.emitted_at = 0.0
+        self.seq = 0  # when it was (re)opened, in the assembler's count: `_open`'s order
 
 
 class TraceAssembler:
@@ -116,7 +127,16 @@ class TraceAssembler:
         self.max_open_traces = max_open_traces
         self.clock = clock
         self.stats = AssemblyStats()
-        self._open: dict[str, _Trace] = {}
+        self._open: dict[str, _Trace] = {}  # insertion order = (re)opening order = first_arrival order
+        # The same traces in last_arrival order (a trace moves to the end when a span arrives), so that
+        # `due` reads only the quiet ones instead of every open trace at every tick (the tick runs four
+        # times a second, and at 20,000 spans/s some 15,000 traces are open: that scan cost the worker
+        # more than a microsecond per span). Both orders hold while `now` never goes back; if it does
+        # (only a caller's own clock can), `due` scans everything as before.
+        self._by_last_arrival: dict[str, _Trace] = {}
+        self._latest_now = -math.inf
+        self._ordered = True
+        self._seq = 0
         self._emitted: dict[str, _Trace] = {}  # insertion order = emission order
         self._forced: list[TraceRecord] = []
 
@@ -124,15 +144,25 @@ class TraceAssembler:
     def open_traces(self) -> int:
         return len(self._open)
 
-    def add(self, span: Span, offset: int, now: float | None = None) -> bool:
+    def add(self, span: AnySpan, offset: int, now: float | None = None) -> bool:
         """Fold one span into its trace; False when it is a duplicate."""
-        now = self.clock() if now is None else now
+        llm = span.llm
+        cost, source = price_span(self.prices, llm.model if llm is not None else "", span.usage, span.cost_usd)
+        return self.add_priced(span, offset, self.clock() if now is None else now, cost, source)
+
+    def add_priced(self, span: AnySpan, offset: int, now: float, cost: float, cost_source: CostSource) -> bool:
+        """`add` with the span already priced (`price_span`): the worker prices each span once, for its
+        trace and its windows."""
+        if now != self._latest_now:
+            if now < self._latest_now:
+                self._ordered = False
+            self._latest_now = now
         trace_id = span.trace_id
+        span_key = int(span.span_id, 16)
         trace = self._open.get(trace_id)
         if trace is None:
             trace = self._emitted.pop(trace_id, None)
             if trace is not None:
-                span_key = int(span.span_id, 16)
                 if span_key in trace.span_ids:
                     self._emitted[trace_id] = trace  # still emitted; put it back
                     self.stats.duplicates += 1
@@ -145,24 +175,35 @@ class TraceAssembler:
                     self._force_oldest()
                 trace = _Trace(trace_id, offset, now)
                 self._open[trace_id] = trace
-        span_key = int(span.span_id, 16)
-        if span_key in trace.span_ids:
+            self._seq += 1
+            trace.seq = self._seq
+            self._by_last_arrival[trace_id] = trace
+        elif span_key in trace.span_ids:
             self.stats.duplicates += 1
             return False
-        self._fold(trace, span, span_key, now)
+        elif trace.last_arrival != now:  # to the end of the last_arrival order (once per message)
+            by_last_arrival = self._by_last_arrival
+            del by_last_arrival[trace_id]
+            by_last_arrival[trace_id] = trace
+        self._fold(trace, span, span_key, now, cost, cost_source)
         self.stats.spans += 1
         return True
 
-    def _fold(self, trace: _Trace, span: Span, span_key: int, now: float) -> None:
-        trace.span_ids.add(span_key)
+    @staticmethod
+    def _fold(trace: _Trace, span: AnySpan, span_key: int, now: float, cost: float, cost_source: CostSource) -> None:
+        span_ids = trace.span_ids
+        span_ids.add(span_key)
         trace.last_arrival = now
-        waiting = trace.children_waiting.pop(span_key, 0)
-        trace.orphans -= waiting
-        parent_key = int(span.parent_span_id, 16) if span.parent_span_id else 0
-        if parent_key and parent_key not in trace.span_ids:
-            trace.children_waiting[parent_key] = trace.children_waiting.get(parent_key, 0) + 1
+        waiting = trace.children_waiting
+        if waiting:
+            trace.orphans -= waiting.pop(span_key, 0)
+        parent = span.parent_span_id
+        parent_key = int(parent, 16) if parent else 0
+        if parent_key and parent_key not in span_ids:
+            waiting[parent_key] = waiting.get(parent_key, 0) + 1
             trace.orphans += 1
-        start, end = span.start_time_ns, span.end_time_ns
+        start = span.start_time_ns
+        end = span.end_time_ns
         duration = end - start
         if trace.span_count == 0 or start < trace.start:
             trace.start = start
@@ -172,25 +213,26 @@ class TraceAssembler:
         trace.services[span.service] = None
         if span.status == "ERROR":
             trace.error_count += 1
-        if not parent_key and trace.root is None:
-            trace.root = (span.name, span.span_id, span.service, span.status)
-        elif parent_key and duration > trace.slowest[0]:
+        if not parent_key:
+            if trace.root is None:
+                trace.root = (span.name, span.span_id, span.service, span.status)
+        elif duration > trace.slowest[0]:
             trace.slowest = (duration, span.span_id, span.name)
-        if trace.nodes is not None:
-            trace.nodes.append((span_key, parent_key, start, end, duration, span.name))
+        nodes = trace.nodes
+        if nodes is not None:
+            nodes += (span_key, parent_key, end, duration, span.name)
         usage = span.usage
-        model = span.llm.model if span.llm is not None else ""
         if usage is not None:
             trace.input_tokens += usage.input
             trace.output_tokens += usage.output
             trace.cached_tokens += usage.cached
             trace.reasoning_tokens += usage.reasoning
-            trace.total_tokens += usage.total
-        if usage is not None or span.cost_usd is not None:
-            cost, source = price_span(self.prices, model, usage, span.cost_usd)
+            trace.total_tokens += usage_total(usage)
+        if cost_source != "none":
             trace.cost += cost
-            if source == "unknown_model":
-                trace.unpriced[model or "(none)"] = None
+            if cost_source == "unknown_model":
+                llm = span.llm
+                trace.unpriced[(llm.model if llm is not None else "") or "(none)"] = None
         if span.session_id and not trace.session_id:
             trace.session_id = span.session_id
         if span.user_id and not trace.user_id:
@@ -204,12 +246,26 @@ class TraceAssembler:
         ready: list[_Trace] = []
         quiet_before = now - self.quiet_s
         old_before = now - self.max_age_s
-        for trace in self._open.values():
-            if trace.root is not None and trace.last_arrival <= quiet_before:
-                ready.append(trace)
-            elif trace.first_arrival <= old_before:
-                self.stats.forced_by_age += 1
-                ready.append(trace)
+        if self._ordered:
+            for trace in self._by_last_arrival.values():
+                if trace.last_arrival > quiet_before:
+                    break
+                if trace.root is not None:
+                    ready.append(trace)
+            for trace in self._open.values():
+                if trace.first_arrival > old_before:
+                    break
+                if trace.root is None or trace.last_arrival > quiet_before:
+                    self.stats.forced_by_age += 1
+                    ready.append(trace)
+            ready.sort(key=_opened)  # emitted in `_open`'s order, as the scan below does
+        else:
+            for trace in self._open.values():
+                if trace.root is not None and trace.last_arrival <= quiet_before:
+                    ready.append(trace)
+                elif trace.first_arrival <= old_before:
+                    self.stats.forced_by_age += 1
+                    ready.append(trace)
         records = [self._emit(trace, now) for trace in ready]
         self._expire(now)
         return records
@@ -239,6 +295,7 @@ class TraceAssembler:
 
     def _emit(self, trace: _Trace, now: float) -> TraceRecord:
         del self._open[trace.trace_id]
+        del self._by_last_arrival[trace.trace_id]
         slowest = self._critical_slowest(trace)
         trace.nodes = None  # the tree is not kept after emission: bounded memory
         if trace.emitted_version:
@@ -288,20 +345,24 @@ class TraceAssembler:
         nodes = trace.nodes
         if not nodes or trace.root is None:
             return trace.slowest
-        children: dict[int, list[tuple[int, int, int, int, int, str]]] = {}
-        for node in nodes:
-            if node[1]:
-                children.setdefault(node[1], []).append(node)
+        # parent -> index in `nodes` of its child that ends last (the first of equals, in arrival order)
+        last_child: dict[int, int] = {}
+        for i in range(0, len(nodes), _NODE):
+            parent = nodes[i + 1]
+            if parent:
+                seen = last_child.get(parent)
+                if seen is None or nodes[i + 2] > nodes[seen + 2]:
+                    last_child[parent] = i
         current = int(trace.root[1], 16)
         best: tuple[int, int, str] = (-1, 0, "")
-        for _ in range(len(nodes)):
-            kids = children.get(current)
-            if not kids:
+        for _ in range(len(nodes) // _NODE):
+            i = last_child.get(current)
+            if i is None:
                 break
-            last = max(kids, key=lambda n: n[3])
-            if last[4] > best[0]:
-                best = (last[4], last[0], last[5])
-            current = last[0]
+            duration = nodes[i + 3]
+            if duration > best[0]:
+                best = (duration, nodes[i], nodes[i + 4])
+            current = nodes[i]
         if best[0] < 0:
             return trace.slowest
         return (best[0], f"{best[1]:016x}", best[2])

@@ -1,7 +1,8 @@
 """What the worker does with each message of `tracehouse.spans`, free of Faust so it reads as plain Python.
 
 Per message: decode and validate (bad records to `tracehouse.dlq` with their reason and bytes; the worker
-goes on), drop duplicates, fold spans into the partition's open traces and windows. Per tick: emit the
+goes on; pipeline/span_view.py: the full decoder's verdicts at a fraction of its cost), drop duplicates,
+price each span once, fold spans into the partition's open traces and windows. Per tick: emit the
 traces that are ready (many per Kafka message) and the windows that closed. Per checkpoint interval:
 snapshot the windows and acknowledge what is safe (see pipeline/checkpoint.py).
 
@@ -22,9 +23,7 @@ from tracehouse.core.pricing import PriceTable, price_span
 from tracehouse.core.schema import (
     DeadLetter,
     SchemaError,
-    Span,
     TraceRecord,
-    decode_batch,
     encode_dead_letter,
     encode_traces,
 )
@@ -37,6 +36,7 @@ from tracehouse.pipeline.checkpoint import (
     encode_checkpoint,
 )
 from tracehouse.pipeline.rollups import encode_partials
+from tracehouse.pipeline.span_view import AnySpan, decode_work_batch
 
 log = logging.getLogger("tracehouse.worker")
 
@@ -50,7 +50,7 @@ class Sendable(Protocol):
 class WindowStage(Protocol):
     """The windowed-rollup side of a partition's state (pipeline/rollups.py)."""
 
-    def add(self, span: Span, cost: float) -> None: ...
+    def add(self, span: AnySpan, cost: float) -> None: ...
     def due(self, now_s: float) -> list[Any]: ...
     def to_state(self) -> bytes: ...
 
@@ -194,7 +194,7 @@ class SpanProcessor:
         if value is None:
             return
         try:
-            spans, rejected = decode_batch(value)
+            spans, rejected = decode_work_batch(value)
         except SchemaError as exc:
             await self._dead_letter(exc.reason, value, state.partition, offset)
             return
@@ -210,13 +210,14 @@ class SpanProcessor:
         windows = state.windows
         prices = self.prices
         now = time.monotonic()
+        add = assembler.add_priced
         for span in spans:
-            if not assembler.add(span, offset, now):
+            llm = span.llm
+            cost, source = price_span(prices, llm.model if llm is not None else "", span.usage, span.cost_usd)
+            if not add(span, offset, now, cost, source):
                 self.stats.duplicates += 1
                 continue
             if to_windows:
-                llm = span.llm
-                cost, _ = price_span(prices, llm.model if llm is not None else "", span.usage, span.cost_usd)
                 windows.add(span, cost)
         state.dirty = True
         self.stats.spans += len(spans)

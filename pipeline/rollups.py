@@ -53,8 +53,9 @@ from typing import NamedTuple
 
 import msgspec
 
-from tracehouse.core.schema import Event, Span
+from tracehouse.core.schema import Event
 from tracehouse.pipeline.sketch import LatencySketch
+from tracehouse.pipeline.span_view import AnySpan, WorkEvent
 
 OTHER = "__other__"
 RATE_LIMIT = "rate_limit"
@@ -77,12 +78,12 @@ class RollupKey(NamedTuple):
 OTHER_KEY = RollupKey(OTHER, OTHER, OTHER, OTHER)
 
 
-def rollup_key(span: Span) -> RollupKey:
+def rollup_key(span: AnySpan) -> RollupKey:
     llm = span.llm
     return RollupKey(span.service, span.kind, span.name, llm.model if llm is not None else "")
 
 
-def _exceptions_say_rate_limit(events: list[Event]) -> bool:
+def _exceptions_say_rate_limit(events: list[Event] | tuple[WorkEvent, ...]) -> bool:
     for event in events:
         if event.name == "exception":
             exc_type = event.attributes.get("exception.type", "").lower()
@@ -91,7 +92,7 @@ def _exceptions_say_rate_limit(events: list[Event]) -> bool:
     return False
 
 
-def is_rate_limited(span: Span) -> bool:
+def is_rate_limited(span: AnySpan) -> bool:
     """`error.type == "rate_limit"` (what our SDK sets); without `error.type`, a rate-limit exception."""
     attributes = span.attributes
     error_type = attributes.get("error.type") if attributes else None
@@ -180,7 +181,7 @@ class WindowPartial:
     def latency_max_ms(self) -> float:
         return self.sketch.max
 
-    def add_span(self, span: Span, cost_usd: float) -> None:
+    def add_span(self, span: AnySpan, cost_usd: float) -> None:
         self.count += 1
         self.sketch.add((span.end_time_ns - span.start_time_ns) / 1e6)
         if span.status == "ERROR":
@@ -334,7 +335,7 @@ class WindowAggregator:
 
     # --- hot path -------------------------------------------------------------------------------------
 
-    def add(self, span: Span, cost_usd: float) -> None:
+    def add(self, span: AnySpan, cost_usd: float) -> None:
         """Count one span in its window (by end time). ~1 µs; late spans take a slower path."""
         start = span.end_time_ns // self._window_ns * self.window_seconds
         if start == self._cur_start:
@@ -401,7 +402,7 @@ class WindowAggregator:
         partial = groups[key] = WindowPartial()
         return partial
 
-    def _add_late(self, start: int, span: Span, cost_usd: float) -> None:
+    def _add_late(self, start: int, span: AnySpan, cost_usd: float) -> None:
         self.stats.late_spans += 1
         closed = self._closed.get(start)
         if closed is None:

@@ -19,13 +19,13 @@ from typing import Any
 
 import msgspec
 
-from tracehouse.core.schema import Span
 from tracehouse.pipeline.alert_rules import Rule, default_rules, load_rules
 from tracehouse.pipeline.alerts import AlertEvaluator, WebhookNotifier
 from tracehouse.pipeline.checkpoint import HeldEvents
 from tracehouse.pipeline.outputs import encode_alerts, encode_rollups
 from tracehouse.pipeline.processor import Sendable, write_snapshot
 from tracehouse.pipeline.rollups import RollupMerger, RollupPartialRecord, WindowAggregator, decode_partials
+from tracehouse.pipeline.span_view import AnySpan
 
 log = logging.getLogger("tracehouse.worker")
 
@@ -66,7 +66,7 @@ class PartitionWindows:
             ]
         self._last_arrival = time.time()
 
-    def add(self, span: Span, cost: float) -> None:
+    def add(self, span: AnySpan, cost: float) -> None:
         for aggregator in self.aggregators:
             aggregator.add(span, cost)
         self._last_arrival = time.time()

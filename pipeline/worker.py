@@ -18,6 +18,11 @@ from tracehouse.pipeline.app import create_app
 
 log = logging.getLogger("tracehouse.worker")
 
+# Every decoded span allocates containers; with the default thresholds the collector's young generation
+# ran constantly and took ~40 % of the worker's CPU (tests/benchmarks/pipeline_throughput.py, whose
+# ceiling runs with these too). Open traces and windows hold no reference cycles worth collecting often.
+GC_THRESHOLDS = (100_000, 50, 100)
+
 
 def _own_log_handler(verbose: bool) -> None:
     """Faust owns the root logger (at WARNING) and reconfigures it at start; tracehouse's progress lines
@@ -101,10 +106,7 @@ class TracehouseWorker(faust.Worker):
 
 def run_worker(settings: Settings, *, verbose: bool = False) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # Every decoded span allocates containers; with the default thresholds the collector's young
-    # generation runs constantly and took ~40 % of the worker's CPU (tests/benchmarks/pipeline_throughput.py).
-    # Open traces and windows hold no reference cycles worth collecting often.
-    gc.set_threshold(100_000, 50, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     app = create_app(settings)
 
     @app.on_configured.connect

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from aiokafka import AIOKafkaProducer
 from dead_letters import read_dead_letters
+from kafka_groups import start_groups_at_end
 from waiting import wait_until
 
 from tracehouse.core import topics
@@ -29,6 +30,7 @@ from tracehouse.sinks.migrate import migrate
 def pipeline(settings: Settings) -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
     """A worker and a sink as child processes, on this test's database and consumer groups."""
     asyncio.run(migrate(settings.clickhouse))
+    start_groups_at_end(settings)  # see only what this test sends
     env = LocalStack(settings).child_env()
     log_dir = settings.data_dir / "logs"
     worker = ManagedProcess("worker", ["worker"], log_dir, env).start()

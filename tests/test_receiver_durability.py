@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from kafka_groups import start_groups_at_end
 from receiver_load import SPANS_PER_TRACE, Ledger, OtlpLoad
 from waiting import wait_until
 
@@ -52,6 +53,7 @@ class Stack:
 @pytest.fixture
 def stack(settings: Settings) -> Iterator[Stack]:
     asyncio.run(migrate(settings.clickhouse))
+    start_groups_at_end(settings)  # see only what this test sends
     env = LocalStack(settings).child_env()
     logs = settings.data_dir / "logs"
     sink = ManagedProcess("sink", ["sink", "--flush-interval", "0.3"], logs, env).start()

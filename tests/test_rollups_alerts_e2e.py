@@ -8,6 +8,7 @@ import math
 import random
 import time
 
+from kafka_groups import start_groups_at_end
 from waiting import wait_until
 
 from tracehouse.core.config import Settings
@@ -70,6 +71,7 @@ filters = {{ service = "{service}" }}
 """
     )
     asyncio.run(migrate(settings.clickhouse))
+    start_groups_at_end(settings)  # see only what this test sends
     env = {**LocalStack(settings).child_env(), "TRACEHOUSE_ALERT_RULES": str(rules)}
     logs = settings.data_dir / "logs"
     worker = ManagedProcess("worker", ["worker"], logs, env).start()

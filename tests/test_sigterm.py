@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from kafka_groups import start_groups_at_end
 from waiting import wait_until
 
 from tracehouse.core.config import Settings
@@ -65,6 +66,7 @@ class Load:
 @pytest.mark.parametrize("victim", ["sink", "worker"])
 def test_sigterm_under_load_loses_and_doubles_nothing(settings: Settings, victim: str) -> None:
     asyncio.run(migrate(settings.clickhouse))
+    start_groups_at_end(settings)  # see only what this test sends
     env = {
         **LocalStack(settings).child_env(),
         "TRACEHOUSE_TRACE_QUIET_S": "1",

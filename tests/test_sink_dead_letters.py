@@ -15,8 +15,8 @@ import asyncio
 import threading
 import time
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from dead_letters import read_dead_letters
+from kafka_groups import start_sink_group_at_end
 from waiting import wait_until
 
 from tracehouse.core import topics
@@ -50,21 +50,8 @@ class SinkThread:
 
 
 async def start_group_at_end(settings: Settings) -> None:
-    """Commit the sink group's offsets at the end of every topic it reads, so the sink sees only what this
-    test sends (the session's topics hold every earlier test's records)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.sink_group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        wanted = [topics.SPANS, topics.TRACES, topics.ROLLUPS, topics.ALERTS]
-        await consumer._client.force_metadata_update()  # what partitions_for_topic reads
-        partitions = [TopicPartition(topic, p) for topic in wanted for p in consumer.partitions_for_topic(topic) or ()]
-        ends = await consumer.end_offsets(partitions)
-        consumer.assign(partitions)
-        await consumer.commit(ends)
-    finally:
-        await consumer.stop()
+    """The sink sees only what this test sends (the session's topics hold every earlier test's records)."""
+    await start_sink_group_at_end(settings)
 
 
 def test_rows_clickhouse_rejects_go_to_the_dlq_and_the_rest_lands_once(settings: Settings) -> None:

@@ -7,6 +7,8 @@ import asyncio
 import random
 import time
 
+from kafka_groups import start_groups_at_end
+
 from tracehouse.core.config import Settings
 from tracehouse.core.schema import LLMCall, Span, TokenUsage
 from tracehouse.infra.processes import ManagedProcess
@@ -32,6 +34,7 @@ def make(trace: str, span_id: str, parent: str, name: str, service: str, offset_
 
 def test_assembly_cases_through_the_real_pipeline(settings: Settings) -> None:
     asyncio.run(migrate(settings.clickhouse))
+    start_groups_at_end(settings)  # see only what this test sends
     env = {
         **LocalStack(settings).child_env(),
         "TRACEHOUSE_TRACE_QUIET_S": "1",

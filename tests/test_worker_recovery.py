@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 
+from kafka_groups import start_groups_at_end
 from waiting import wait_until
 
 from tracehouse.core.config import Settings
@@ -20,6 +21,7 @@ from tracehouse.sinks.migrate import migrate
 
 def test_worker_killed_mid_stream_loses_no_trace(settings: Settings) -> None:
     asyncio.run(migrate(settings.clickhouse))
+    start_groups_at_end(settings)  # see only what this test sends
     env = LocalStack(settings).child_env()
     logs = settings.data_dir / "logs"
     service = f"svc-{settings.worker_group}"

@@ -9,8 +9,9 @@ worker process on this 2-core machine.
 
 1. The ceiling: `SpanProcessor.on_event` / `on_message` (pipeline/processor.py) driven directly with events
    shaped like Faust's, without Faust or Kafka:
-   decode + validate, assemble, price, window, then the tick that emits the trace records. CPU µs per span
-   in this process; 1e6 / that is what one core could do if Faust and Kafka cost nothing.
+   decode + validate, assemble, price, window, then the tick that emits the trace records, with the
+   garbage collector tuned as `tracehouse worker` tunes it. CPU µs per span in this process; 1e6 / that
+   is what one core could do if Faust and Kafka cost nothing.
 2. Worker throughput: N spans pre-loaded into `tracehouse.spans` (4 partitions, 500 spans per message, the
    SDK's transport; traces from the last few minutes, each span in the order it ended, as an application
    emits them), then one worker (and then two) started with a consumer group of its own, pointed at the
@@ -20,8 +21,8 @@ worker process on this 2-core machine.
    and the 0.25 s tick. Committed offsets would be a worse signal: the worker commits only below its oldest
    open trace and after a checkpoint, so they lag by seconds. The rate is the slope between 10 % and 90 % of
    the spans emitted (the shift cancels; Faust's start-up and the final quiet period are outside the
-   window); the wall time from start to the last record is shown too. Worker CPU per span is read from
-   /proc. Each worker process gets its own data directory.
+   window); the wall time from start to the last record is shown too. CPU per span of the workers and of
+   the Kafka broker is read from /proc over the same phase. Each worker process gets its own data directory.
 3. Delay from a span's end to its trace record: while the single worker runs, traces are sent live at a
    fixed rate (5,000 spans/s), each shifted so that it ends at the moment it is handed to the transport;
    for each trace record, the time it was read here minus its `end_time_ns`. This is mostly the quiet
@@ -46,6 +47,7 @@ from tracehouse.core import topics
 from tracehouse.core.schema import Span, decode_traces, encode_batch
 from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
 from tracehouse.pipeline.stages import windows_factory
+from tracehouse.pipeline.worker import GC_THRESHOLDS
 
 MESSAGE_SPANS = 500
 QUIET_S = ProcessorOptions().quiet_s
@@ -103,21 +105,26 @@ def ceiling(count: int, runs: int) -> None:
         processor.attach(None, None)  # no Faust stream to acknowledge to, no Table to checkpoint into
         offsets = dict.fromkeys(by_partition, 0)
         events = []
+        stamp = time.time()  # the Kafka record's timestamp (seconds, as Faust gives it): spans are checked against it
         for p, value in messages:  # what Faust hands the agent: an event whose message has these fields
-            events.append(
-                SimpleNamespace(value=value, message=SimpleNamespace(partition=p, offset=offsets[p], value=value))
-            )
+            message = SimpleNamespace(partition=p, offset=offsets[p], value=value, timestamp=stamp)
+            events.append(SimpleNamespace(value=value, message=message))
             offsets[p] += 1
         gc.collect()
-        start = time.thread_time()
-        for event in events:
-            await processor.on_event(event)
-        consumed = time.thread_time() - start
-        for state in processor._partitions.values():  # everything is quiet now: the next tick emits all
-            state.assembler.quiet_s = 0.0
-        start = time.thread_time()
-        await processor.on_tick()
-        emitted = time.thread_time() - start
+        thresholds = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLDS)  # as `tracehouse worker` runs
+        try:
+            start = time.thread_time()
+            for event in events:
+                await processor.on_event(event)
+            consumed = time.thread_time() - start
+            for state in processor._partitions.values():  # everything is quiet now: the next tick emits all
+                state.assembler.quiet_s = 0.0
+            start = time.thread_time()
+            await processor.on_tick()
+            emitted = time.thread_time() - start
+        finally:
+            gc.set_threshold(*thresholds)
         return consumed * 1e6 / count, emitted * 1e6 / count, processor.stats.traces
 
     results = [asyncio.run(one_run()) for _ in range(runs)]
@@ -258,9 +265,13 @@ def worker_run(stack: h.Stack, start: dict[Any, int], count: int, n_workers: int
                 if not worker.wait_for_log("started", timeout=120):
                     raise RuntimeError(f"{worker.name} did not start:\n{worker.log_tail()}")
             cpu: list[tuple[float, float]] = []  # (monotonic, CPU seconds of all workers)
+            kafka_cpu: list[tuple[float, float]] = []  # (monotonic, CPU seconds of the broker started here)
 
             def done() -> bool:
-                cpu.append((time.monotonic(), sum(h.cpu_seconds(w.pid) for w in workers)))
+                now = time.monotonic()
+                cpu.append((now, sum(h.cpu_seconds(w.pid) for w in workers)))
+                if stack.kafka_pid is not None:
+                    kafka_cpu.append((now, h.cpu_seconds(stack.kafka_pid)))
                 return reader.log.spans >= count
 
             if not h.wait_for(done, timeout=600, interval=0.1):
@@ -274,11 +285,15 @@ def worker_run(stack: h.Stack, start: dict[Any, int], count: int, n_workers: int
             t100 = crossing(timeline, count)
             # records come out a quiet period after their spans went in: the CPU spent on the middle 80 %
             cpu_used = cpu_at(cpu, t90 - QUIET_S) - cpu_at(cpu, t10 - QUIET_S)
+            kafka_used = (
+                cpu_at(kafka_cpu, t90 - QUIET_S) - cpu_at(kafka_cpu, t10 - QUIET_S) if kafka_cpu else float("nan")
+            )
             result = {
                 "rate": 0.8 * count / (t90 - t10),
                 "wall": t100 - t0,
                 "consume_wall": t100 - t0 - QUIET_S,
                 "cpu_us": cpu_used * 1e6 / (0.8 * count),
+                "kafka_cpu_us": kafka_used * 1e6 / (0.8 * count),
                 "records": records,
                 "traces": len(reader.log.spans_by_trace),
             }
@@ -355,7 +370,8 @@ def throughput(stack: h.Stack, count: int, runs: int, delay: dict[str, Any]) -> 
             results[n].append(worker_run(stack, start, count, n, want_delay))
             got = results[n][-1]
             h.note(
-                f"  run {r + 1}/{runs}, {n} worker(s): {got['rate']:,.0f} spans/s ({got['rate'] / n:,.0f} per worker)"
+                f"  run {r + 1}/{runs}, {n} worker(s): {got['rate']:,.0f} spans/s ({got['rate'] / n:,.0f} per worker);"
+                f" CPU µs/span: workers {got['cpu_us']:.1f}, Kafka {got['kafka_cpu_us']:.1f}"
             )
     rows = []
     for n, values in results.items():
@@ -368,6 +384,7 @@ def throughput(stack: h.Stack, count: int, runs: int, delay: dict[str, Any]) -> 
                 "met" if per_worker >= TARGET_PER_WORKER else "MISSED",
                 h.spread([v["consume_wall"] for v in values], "{:.1f}"),
                 h.spread([v["cpu_us"] for v in values], "{:.1f}"),
+                h.spread([v["kafka_cpu_us"] for v in values], "{:.1f}"),
                 f"{h.median(v['records'] for v in values):,.0f} / {h.median(v['traces'] for v in values):,.0f}",
             )
         )
@@ -382,12 +399,14 @@ def throughput(stack: h.Stack, count: int, runs: int, delay: dict[str, Any]) -> 
             f">= {TARGET_PER_WORKER:,}/worker",
             "s from start to all consumed",
             "worker CPU µs/span (10->90 %)",
+            "Kafka CPU µs/span (same phase)",
             "records / traces",
         ],
         rows,
         caption=f"two workers vs one: {h.ratio(two, one)}. 'All consumed' = last record read minus the "
         f"{QUIET_S:.0f} s quiet period (includes Faust's start-up and group join); records > traces means "
-        f"traces were emitted more than once (a rebalance replayed them); {h.host_load()}",
+        f"traces were emitted more than once (a rebalance replayed them); CPU from /proc over the middle 80 % "
+        f"(Kafka: the broker started here, nan for an external one); {h.host_load()}",
     )
     delays = results[1][0].get("delays") or []
     if delays:
@@ -429,7 +448,9 @@ def main() -> None:
     if "ceiling" in parts:
         ceiling(20_000 if quick else 100_000, 2 if quick else 3)
     if "workers" in parts:
-        with h.Stack(need_kafka=True, need_clickhouse=False) as stack:
+        # every pipeline topic: the worker waits until all of them exist (tracehouse.scores too)
+        every_topic = {spec.name: spec.partitions for spec in topics.topic_specs(h.SPANS_PARTITIONS)}
+        with h.Stack(kafka_topics=every_topic, need_kafka=True, need_clickhouse=False) as stack:
             throughput(stack, count, runs, {"rate": args.rate, "seconds": 6 if quick else 15})
     h.note(f"done in {time.perf_counter() - started:.0f}s")
 
