@@ -47,7 +47,7 @@ from tracehouse.core import topics
 from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.schema import Span
 
-from .kafka_producer import BROKEN_SEQUENCE, new_producer, retriable
+from .kafka_producer import BROKEN_SEQUENCE, COMPRESSION, new_producer, retriable
 from .span_limits import MAX_MESSAGE_BYTES
 from .span_messages import MessageEncoder, SpanMessage, SpanMessageEncoder
 
@@ -109,7 +109,7 @@ class AckedSpanSender:
         topic: str = topics.SPANS,
         batch_spans: int = 500,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
-        compression: str | None = "lz4",
+        compression: str | None = COMPRESSION,
         max_pending: int = 100_000,
         max_in_flight: int = 2,
         max_group_spans: int = 20_000,

@@ -5,7 +5,10 @@ aiokafka's own sender).
 The producer: acks=all and idempotent (its own retries after a lost acknowledgement never write a
 message twice), no linger (the senders batch many spans per message themselves, and aiokafka's default
 16 KB record batch then holds one of our messages, so a broker's "too large" speaks of that message
-alone and splitting it is the right answer), requests up to twice the message limit.
+alone and splitting it is the right answer), requests up to twice the message limit, and zstd (level 3)
+for the spans' messages: on 1.5 KB LLM spans, 500 to a message, it costs 1.8 µs of CPU per span to compress
+and 0.75 to decompress, against 9.3 and 1.8 for lz4 (which aiokafka runs at level 9, with no setting to lower
+it), and makes messages 15 times smaller instead of 7 (measured in one process on this 2-core machine).
 
 Errors:
 
@@ -30,7 +33,9 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-__all__ = ["BROKEN_SEQUENCE", "new_producer", "retriable"]
+__all__ = ["BROKEN_SEQUENCE", "COMPRESSION", "new_producer", "retriable"]
+
+COMPRESSION = "zstd"  # see the module docstring; every Kafka >= 2.1 (and noida-db) reads it
 
 BROKEN_SEQUENCE = (
     OutOfOrderSequenceNumber,

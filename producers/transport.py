@@ -40,7 +40,7 @@ from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.schema import Span
 from tracehouse.core.scores import Score
 
-from .kafka_producer import BROKEN_SEQUENCE, new_producer
+from .kafka_producer import BROKEN_SEQUENCE, COMPRESSION, new_producer
 from .span_limits import MAX_MESSAGE_BYTES
 from .span_messages import MessageEncoder, SpanMessage, SpanMessageEncoder
 
@@ -78,7 +78,7 @@ class SpanTransport:
         batch_spans: int = 500,
         linger_s: float = 0.05,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
-        compression: str | None = "lz4",
+        compression: str | None = COMPRESSION,
         retry_backoff_s: float = 0.5,
         max_retry_s: float = 300.0,
         client_id: str = "tracehouse-producer",

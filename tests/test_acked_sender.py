@@ -56,7 +56,7 @@ def traces(count: int, seed: int) -> list[list[Span]]:
 
 def test_concurrent_requests_share_sends_and_too_large_messages_are_split(kafka_bootstrap: str) -> None:
     async def scenario() -> tuple[AckedSpanSender, list[list[Span]], list[Span]]:
-        topic = await make_topic(kafka_bootstrap, 2, max_message_bytes=40_000)  # below the sender's limit
+        topic = await make_topic(kafka_bootstrap, 2, max_message_bytes=8_000)  # far below the sender's limit, even compressed
         sender = await AckedSpanSender(kafka_bootstrap, topic=topic).start()
         requests = [[s for t in traces(30, seed) for s in t] for seed in range(12)]
         try:
@@ -79,7 +79,7 @@ def test_concurrent_requests_share_sends_and_too_large_messages_are_split(kafka_
 def test_the_sdk_transport_splits_too_large_messages_too(kafka_bootstrap: str) -> None:
     """The SDK's fire-and-forget transport shares the encoding and the error handling: after the broker
     refuses a message as too large, it splits it and renews its idempotent producer."""
-    topic = asyncio.run(make_topic(kafka_bootstrap, 2, max_message_bytes=40_000))
+    topic = asyncio.run(make_topic(kafka_bootstrap, 2, max_message_bytes=8_000))
     spans = [s for t in traces(60, seed=99) for s in t]
     transport = SpanTransport(kafka_bootstrap, topic=topic, linger_s=0.01)
     try:
