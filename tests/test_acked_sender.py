@@ -56,7 +56,7 @@ def traces(count: int, seed: int) -> list[list[Span]]:
 
 def test_concurrent_requests_share_sends_and_too_large_messages_are_split(kafka_bootstrap: str) -> None:
     async def scenario() -> tuple[AckedSpanSender, list[list[Span]], list[Span]]:
-        topic = await make_topic(kafka_bootstrap, 2, max_message_bytes=8_000)  # far below the sender's limit, even compressed
+        topic = await make_topic(kafka_bootstrap, 2, max_message_bytes=8_000)  # below our limit, even compressed
         sender = await AckedSpanSender(kafka_bootstrap, topic=topic).start()
         requests = [[s for t in traces(30, seed) for s in t] for seed in range(12)]
         try:
