@@ -8,16 +8,23 @@ may raise into the application: every failure degrades to a smaller, still-reada
 
 Cost model: a short ASCII `str` (the common prompt) costs two O(1) checks (`str.isascii` reads a flag
 CPython keeps on every string), so a 1 KB prompt passes in well under a microsecond.
+
+It is the one place that coerces values for both producers: the SDK's application values, and the OTLP
+receiver's attribute values (`finite`, `uint32`, `json_value`, `str_list` and `string_map` read typed
+fields out of attributes whose senders typed them loosely).
 """
 
 from __future__ import annotations
 
+import base64
+import math
 from typing import Any
 
 import msgspec
 
 DEFAULT_MAX_PAYLOAD_BYTES = 32 * 1024
 SHORT_TEXT_CHARS = 1024  # the schema's ShortText/Name limit; longer values would be rejected downstream
+MAX_UINT32 = 4_294_967_295  # token and max_tokens columns are UInt32
 
 
 def truncation_marker(dropped_bytes: int) -> str:
@@ -95,11 +102,12 @@ def to_text(value: Any, limit: int) -> tuple[str, int]:
     return fit(to_json_text(value), limit)
 
 
-def attr_text(value: Any, limit: int) -> str:
-    """An attribute value as a string: str as is, bools as true/false, numbers via str, others JSON."""
+def attr_text(value: Any, limit: int = DEFAULT_MAX_PAYLOAD_BYTES) -> str:
+    """An attribute value (or a payload text field) as a string: str as is, bools as true/false, numbers
+    via str, None as "", bytes as base64, arrays and maps as JSON; cut at `limit` bytes."""
     kind = type(value)
     if kind is str:
-        if value.isascii() and len(value) <= limit:
+        if len(value) <= limit and value.isascii():
             return value
         return fit(value, limit)[0]
     if kind is bool:
@@ -108,15 +116,85 @@ def attr_text(value: Any, limit: int) -> str:
         return str(value)
     if value is None:
         return ""
+    if kind is bytes:
+        return fit(base64.b64encode(value).decode("ascii"), limit)[0]
     return fit(to_json_text(value), limit)[0]
 
 
 def short(value: Any) -> str:
-    """A ShortText field (model, role, session id, ...) cut to the schema's 1024 characters."""
-    text = value if type(value) is str else ("" if value is None else str(value))
-    if len(text) > SHORT_TEXT_CHARS:
-        text = text[:SHORT_TEXT_CHARS]
-    return text if text.isascii() else fit(text, 4 * SHORT_TEXT_CHARS)[0]
+    """A ShortText field (model, role, session id, ...) cut to the schema's 1024 characters; a value that
+    is not text is first written as `attr_text` writes it."""
+    if type(value) is str:
+        if len(value) <= SHORT_TEXT_CHARS and value.isascii():
+            return value
+    else:
+        value = attr_text(value, 4 * SHORT_TEXT_CHARS)
+    if len(value) > SHORT_TEXT_CHARS:
+        value = value[:SHORT_TEXT_CHARS]
+    return value if value.isascii() else fit(value, 4 * SHORT_TEXT_CHARS)[0]
+
+
+def finite(value: Any) -> float | None:
+    """A float field (temperature, score, cost) from a number or numeric text; NaN and inf are None."""
+    if value is None or type(value) is bool:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def uint32(value: Any) -> int | None:
+    """A count for a UInt32 column: ints, integral floats and numeric text; anything else is None."""
+    if type(value) is int:
+        number = value
+    elif value is None or type(value) is bool:
+        return None
+    else:
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(as_float) or as_float != int(as_float):
+            return None
+        number = int(as_float)
+    return number if 0 <= number <= MAX_UINT32 else None
+
+
+_json_decode = msgspec.json.decode
+
+
+def json_value(value: Any) -> Any:
+    """A JSON-carrying attribute as Python data: structured values as they are, text parsed as JSON;
+    None when the text is not JSON."""
+    if type(value) is str:
+        try:
+            return _json_decode(value)
+        except (msgspec.DecodeError, RecursionError):
+            return None
+    return value
+
+
+def str_list(value: Any) -> list[str] | None:
+    """A list of short strings from an array attribute, a JSON array text or a single string."""
+    if isinstance(value, list):
+        return [short(v) for v in value if v is not None]
+    if type(value) is str:
+        if value.startswith("["):
+            parsed = json_value(value)
+            if isinstance(parsed, list):
+                return [short(v) for v in parsed if v is not None]
+        return [short(value)] if value else []
+    return None
+
+
+def string_map(value: Any, limit: int) -> dict[str, str] | None:
+    """A JSON object (text or kvlist) as a dict of texts; None when it is not an object."""
+    parsed = json_value(value)
+    if not isinstance(parsed, dict):
+        return None
+    return {str(k): attr_text(v, limit) for k, v in parsed.items()}
 
 
 def count(value: Any) -> int:

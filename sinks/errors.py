@@ -1,6 +1,6 @@
 """Sorting ClickHouse failures by what the sink must do about them.
 
-Every failure of an insert falls in one family, and the family decides the sink's move (sinks/sink.py):
+Every failure of an insert falls in one family, and the family decides the sink's move (sinks/writer.py):
 - CONTENT: ClickHouse rejected the rows themselves. Split the batch until the bad rows are alone; they go
   to the dead-letter topic with ClickHouse's reason, the rest lands.
 - TRANSIENT: the server is away, busy, short of memory, behind on merges, or shutting down. Retry the same

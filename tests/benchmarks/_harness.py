@@ -29,9 +29,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from tracehouse.core import topics
 from tracehouse.core.config import Settings
 from tracehouse.core.schema import Span
+from tracehouse.core.topics import TopicSpec, topic_specs
 
 SPANS_PARTITIONS = 4
 console = Console(highlight=False)
@@ -100,15 +100,7 @@ def host_load() -> str:
 class Stack:
     """Kafka and ClickHouse for one benchmark: started here unless the environment names existing ones."""
 
-    kafka_topics: dict[str, int] = field(
-        default_factory=lambda: {
-            topics.SPANS: SPANS_PARTITIONS,
-            topics.TRACES: SPANS_PARTITIONS,
-            topics.ROLLUPS: 1,
-            topics.ALERTS: 1,
-            topics.DLQ: 1,
-        }
-    )
+    kafka_topics: tuple[TopicSpec, ...] = field(default_factory=lambda: topic_specs(SPANS_PARTITIONS))
     need_kafka: bool = True
     need_clickhouse: bool = True
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tracehouse-bench-")))
@@ -129,8 +121,9 @@ class Stack:
         return self
 
     def _start(self) -> None:
+        from tracehouse.core.topic_admin import create_topics
         from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse
-        from tracehouse.infra.kafka_broker import KafkaBroker, create_topics
+        from tracehouse.infra.kafka_broker import KafkaBroker
 
         external_ch = os.environ.get("TRACEHOUSE_CLICKHOUSE_URL")
         if not self.need_clickhouse:

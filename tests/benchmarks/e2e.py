@@ -67,8 +67,8 @@ from typing import Any
 import _harness as h
 from e2e_monitor import Monitor
 
-from tracehouse.core import topics
 from tracehouse.core.config import Settings
+from tracehouse.core.topics import topic_specs
 from tracehouse.infra.ports import free_port
 from tracehouse.infra.processes import ManagedProcess
 from tracehouse.infra.stack import LocalStack
@@ -167,8 +167,9 @@ class Pipeline:
     ch: CH | None = None
 
     def start(self) -> Pipeline:
+        from tracehouse.core.topic_admin import create_topics
         from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse
-        from tracehouse.infra.kafka_broker import KafkaBroker, create_topics
+        from tracehouse.infra.kafka_broker import KafkaBroker
         from tracehouse.sinks.migrate import migrate
 
         h.note("starting the embedded ClickHouse engine...")
@@ -183,10 +184,7 @@ class Pipeline:
             h.note("starting Apache Kafka (KRaft, JDK 17)...")
             self.kafka = KafkaBroker(self.tmp / "kafka", partitions=PARTITIONS).start()
         self.monitor.watch("kafka", self.kafka.pid)
-        create_topics(
-            self.kafka.bootstrap,
-            {topics.SPANS: PARTITIONS, topics.TRACES: PARTITIONS, topics.ROLLUPS: 1, topics.ALERTS: 1, topics.DLQ: 1},
-        )
+        create_topics(self.kafka.bootstrap, topic_specs(PARTITIONS))  # every topic, as `migrate` makes them
         self.settings = settings = Settings.from_env(
             kafka_bootstrap=self.kafka.bootstrap,
             clickhouse_url=self.clickhouse.url,

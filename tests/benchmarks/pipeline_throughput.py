@@ -448,9 +448,7 @@ def main() -> None:
     if "ceiling" in parts:
         ceiling(20_000 if quick else 100_000, 2 if quick else 3)
     if "workers" in parts:
-        # every pipeline topic: the worker waits until all of them exist (tracehouse.scores too)
-        every_topic = {spec.name: spec.partitions for spec in topics.topic_specs(h.SPANS_PARTITIONS)}
-        with h.Stack(kafka_topics=every_topic, need_kafka=True, need_clickhouse=False) as stack:
+        with h.Stack(need_kafka=True, need_clickhouse=False) as stack:  # every topic: the worker waits for all
             throughput(stack, count, runs, {"rate": args.rate, "seconds": 6 if quick else 15})
     h.note(f"done in {time.perf_counter() - started:.0f}s")
 

@@ -14,7 +14,7 @@ What is measured (realistic spans from TraceFactory: RAG, agent and chat traces,
    Python lists for clickhouse-connect).
 2. The insert path alone, sink vs peer, same spans, same columns, same batch size, same endpoint, in the
    same run, interleaved: (a) the sink's own code from Kafka message bytes to acknowledged insert
-   (`Route.decode` then `Sink._insert`, batch by batch) vs the peer from the same bytes (decode, build
+   (`Route.decode` then `Writer.insert`, batch by batch) vs the peer from the same bytes (decode, build
    lists, `AsyncClient.insert(table, lists, column_names=...)`, the way a user writes a Python sink);
    (b) the same from rows already built (encode + send vs `insert` alone). The peer runs once with its
    defaults and once with the sink's insert settings, so the ratio shows what is format and what is
@@ -223,23 +223,23 @@ def insert_path(stack: h.Stack, count: int, batch_rows: int, runs: int) -> None:
         client = await async_client(settings.clickhouse)
         admin = sync_client(settings.clickhouse)
         sink = Sink(settings, SinkOptions(batch_rows=batch_rows), routes=[route])
-        sink._client = client  # the sink's own code from message to insert, without its Kafka consumer
+        sink.writer.client = client  # the sink's own code from message to insert, without its Kafka consumer
         table = f"`{settings.clickhouse.database}`.spans"
         columns = list(SPAN_COLUMNS)
         never = asyncio.Event()
 
         async def sink_from_bytes() -> None:
-            # Sink._add (decode, rows, encode into its lane's pending batch), then Sink._flush per full
-            # batch: the sink's own pipelining (each lane encodes its next batch while its last one is
+            # ConsumerLoop.add (decode, rows, encode into its lane's pending batch), then ConsumerLoop.flush
+            # per full batch: the sink's own pipelining (each lane encodes its next batch while its last one is
             # inserted, lanes insert concurrently). Messages come from 4 partitions, as Kafka hands them.
-            sink._floor.clear()  # each run hands the same offsets over again
+            sink.consumer.floor.clear()  # each run hands the same offsets over again
             for i, m in enumerate(messages):
                 tp = TopicPartition(topics.SPANS, i % 4)
-                await sink._add(tp, i // 4, m)
-                lane = sink._lane(tp)
-                if sink._full(lane):
-                    await sink._flush(lane, never)
-            await sink._flush_all(never)
+                await sink.consumer.add(tp, i // 4, m)
+                lane = sink.consumer.lane(tp)
+                if sink.consumer.full(lane):
+                    await sink.consumer.flush(lane, never)
+            await sink.consumer.flush_all(never)
 
         async def peer_from_bytes(settings_: dict[str, Any]) -> None:
             pending: list[list[Any]] = []
@@ -253,7 +253,7 @@ def insert_path(stack: h.Stack, count: int, batch_rows: int, runs: int) -> None:
 
         async def sink_rows_only() -> None:
             for rows in chunks(sink_rows, batch_rows):
-                await sink._insert(route, [encoder(message) for message in chunks(rows, MESSAGE_SPANS)])
+                await sink.writer.insert(route, [encoder(message) for message in chunks(rows, MESSAGE_SPANS)])
 
         async def peer_rows_only(settings_: dict[str, Any]) -> None:
             for rows in chunks(peer_rows, batch_rows):
