@@ -137,8 +137,7 @@ class KafkaSecurity:
             if given:
                 wanted = "SASL_SSL" if self.protocol == "SSL" else "SASL_SSL or SASL_PLAINTEXT"
                 problems.append(
-                    f"{', '.join(given)} set but {PROTOCOL_ENV}={self.protocol} does not use SASL "
-                    f"(set it to {wanted})"
+                    f"{', '.join(given)} set but {PROTOCOL_ENV}={self.protocol} does not use SASL (set it to {wanted})"
                 )
         tls_files = self._tls_files()
         if self.key_password and not (self.keyfile or self.certfile):
@@ -146,9 +145,7 @@ class KafkaSecurity:
         if tls_files and not self.uses_tls and self.protocol in PROTOCOLS:
             names = ", ".join(name for name, _ in tls_files)
             wanted = "SSL" if self.protocol == "PLAINTEXT" else "SASL_SSL"
-            problems.append(
-                f"{names} set but {PROTOCOL_ENV}={self.protocol} does not use TLS (set it to {wanted})"
-            )
+            problems.append(f"{names} set but {PROTOCOL_ENV}={self.protocol} does not use TLS (set it to {wanted})")
         if self.keyfile and not self.certfile:
             problems.append(f"{KEYFILE_ENV} needs {CERTFILE_ENV} (the client certificate it belongs to)")
         for name, value in tls_files:
@@ -178,9 +175,7 @@ class KafkaSecurity:
             )
         except (ssl.SSLError, OSError) as exc:
             files = ", ".join(f"{name}={value}" for name, value in self._tls_files())
-            raise KafkaSecurityError(
-                f"Kafka TLS: cannot load {files or 'the system CA certificates'}: {exc}"
-            ) from None
+            raise KafkaSecurityError(f"Kafka TLS: cannot load {files or 'the system CA certificates'}: {exc}") from None
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka's producer, consumer and admin client."""

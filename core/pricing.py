@@ -65,9 +65,7 @@ class PriceTable:
         price = self.prices.get(model)
         if price is None:
             name = model.lower().rsplit("/", 1)[-1]  # "openai/gpt-4o" -> "gpt-4o"
-            price = self.prices.get(name) or next(
-                (self.prices[k] for k in self._by_length if name.startswith(k)), None
-            )
+            price = self.prices.get(name) or next((self.prices[k] for k in self._by_length if name.startswith(k)), None)
         if len(self._cache) < 10_000:
             self._cache[model] = price
         return price

@@ -177,9 +177,7 @@ class Span(Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):
 
     def __post_init__(self) -> None:
         if self.end_time_ns < self.start_time_ns:
-            raise ValueError(
-                f"end_time_ns ({self.end_time_ns}) is before start_time_ns ({self.start_time_ns})"
-            )
+            raise ValueError(f"end_time_ns ({self.end_time_ns}) is before start_time_ns ({self.start_time_ns})")
         if self.parent_span_id == self.span_id:
             raise ValueError("span is its own parent")
 

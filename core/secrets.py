@@ -140,8 +140,7 @@ def clickhouse_tls_options(secure: bool, env: Mapping[str, str] | None = None) -
         return {}
     if not secure:
         raise SecretError(
-            f"{CLICKHOUSE_CA_ENV} is set but the ClickHouse URL is http://; use https:// (port 8443) "
-            "so the CA is used"
+            f"{CLICKHOUSE_CA_ENV} is set but the ClickHouse URL is http://; use https:// (port 8443) so the CA is used"
         )
     if not Path(ca).is_file():
         raise SecretError(f"{CLICKHOUSE_CA_ENV}={ca}: no such file")

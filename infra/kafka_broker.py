@@ -143,8 +143,7 @@ def fetch_kafka_jars(dest: Path | None = None) -> Path:
         if _jars_complete(dest):  # another process fetched while we waited for the lock
             return dest
         print(
-            f"tracehouse: fetching Apache Kafka {version} jars from Maven Central into {dest} "
-            "(one time, ~50 MB)...",
+            f"tracehouse: fetching Apache Kafka {version} jars from Maven Central into {dest} (one time, ~50 MB)...",
             file=sys.stderr,
             flush=True,
         )
@@ -185,9 +184,7 @@ def _java_executable() -> str:
         return str(Path(java_home) / "bin" / "java")
     java = shutil.which("java")
     if java is None:
-        raise KafkaBrokerError(
-            "Java is not installed (no `java` on PATH, no JAVA_HOME); Kafka needs JDK 17+."
-        )
+        raise KafkaBrokerError("Java is not installed (no `java` on PATH, no JAVA_HOME); Kafka needs JDK 17+.")
     return java
 
 
@@ -287,9 +284,7 @@ class KafkaBroker(ServerProcess):
 
     stop_timeout = 30.0
 
-    def __init__(
-        self, data_dir: Path, port: int | None = None, jars: Path | None = None, partitions: int = 4
-    ) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, jars: Path | None = None, partitions: int = 4) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.controller_port: int | None = None
@@ -425,18 +420,11 @@ class KafkaBroker(ServerProcess):
     def _logs_tail(self) -> str:
         """The root cause first (a Java stack trace buries it, e.g. "Address already in use"), then tails."""
         try:
-            causes = [
-                line
-                for line in self.log_file.read_text(errors="replace").splitlines()
-                if "Caused by:" in line
-            ]
+            causes = [line for line in self.log_file.read_text(errors="replace").splitlines() if "Caused by:" in line]
         except OSError:
             causes = []
         cause = f"root cause: {causes[-1].strip()}\n" if causes else ""
-        return (
-            f"{cause}--- {self.log_file}:\n{_tail(self.log_file)}\n"
-            f"--- {self.out_file}:\n{_tail(self.out_file, 10)}"
-        )
+        return f"{cause}--- {self.log_file}:\n{_tail(self.log_file)}\n--- {self.out_file}:\n{_tail(self.out_file, 10)}"
 
     # -- lifecycle
 
@@ -469,8 +457,7 @@ class KafkaBroker(ServerProcess):
             if time.monotonic() > deadline:
                 self.kill()
                 raise KafkaBrokerError(
-                    f"Kafka did not answer on {self.bootstrap} within {timeout:.0f}s; killed it.\n"
-                    + self._logs_tail()
+                    f"Kafka did not answer on {self.bootstrap} within {timeout:.0f}s; killed it.\n" + self._logs_tail()
                 )
             time.sleep(0.1)
         self.start_seconds = time.monotonic() - started

@@ -61,9 +61,7 @@ def noida_binary() -> Path:
     on_path = shutil.which("noida-db")
     if on_path:
         return Path(on_path)
-    raise NoidaError(
-        "noida-db is not installed; `pip install 'tracehouse[embedded]'` (or `pip install noida-db`)"
-    )
+    raise NoidaError("noida-db is not installed; `pip install 'tracehouse[embedded]'` (or `pip install noida-db`)")
 
 
 class NoidaKafka(ServerProcess):
@@ -117,8 +115,7 @@ class NoidaKafka(ServerProcess):
             code = self._exited()
             if code is not None:
                 raise NoidaError(
-                    f"noida-db exited with code {code} while starting on port {self.port}:\n"
-                    + _tail(self.log_file)
+                    f"noida-db exited with code {code} while starting on port {self.port}:\n" + _tail(self.log_file)
                 )
             if time.monotonic() - started > timeout:
                 self.kill()

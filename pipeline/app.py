@@ -41,9 +41,7 @@ def broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
 
-def create_app(
-    settings: Settings, options: ProcessorOptions | None = None, **faust_options: Any
-) -> faust.App:
+def create_app(settings: Settings, options: ProcessorOptions | None = None, **faust_options: Any) -> faust.App:
     """Build the worker's Faust app; options override Faust settings (tests shorten timeouts)."""
     conf: dict[str, Any] = {
         "broker": broker_url(settings.kafka_bootstrap),

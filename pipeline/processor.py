@@ -156,7 +156,9 @@ class SpanProcessor:
             self._partitions[partition] = state
             log.info(
                 "partition %d: taken over at offset %d; windows %s",
-                partition, offset, f"restored up to offset {checkpoint.next_offset}" if checkpoint else "new",
+                partition,
+                offset,
+                f"restored up to offset {checkpoint.next_offset}" if checkpoint else "new",
             )
         return state
 
@@ -237,9 +239,7 @@ class SpanProcessor:
                 windows=state.windows.to_state(),
                 written_at_ns=time.time_ns(),
             )
-            write_snapshot(
-                table, state.partition, checkpoint_key(state.partition), encode_checkpoint(snapshot)
-            )
+            write_snapshot(table, state.partition, checkpoint_key(state.partition), encode_checkpoint(snapshot))
             state.dirty = False
             self.stats.checkpoints += 1
         state.last_checkpoint = time.monotonic()
@@ -304,4 +304,3 @@ def write_snapshot(table: Any, partition: int, key: bytes, value: bytes) -> None
 
 def checkpoint_key(partition: int) -> bytes:
     return f"spans-{partition}".encode()
-

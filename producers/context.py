@@ -19,9 +19,7 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-CURRENT_SPAN: contextvars.ContextVar[LiveSpan | None] = contextvars.ContextVar(
-    "tracehouse_current_span", default=None
-)
+CURRENT_SPAN: contextvars.ContextVar[LiveSpan | None] = contextvars.ContextVar("tracehouse_current_span", default=None)
 
 
 def get_current() -> LiveSpan | None:

@@ -99,9 +99,7 @@ def to_document(doc: Any, position: int, limit: int) -> Document:
     if isinstance(doc, Document):
         if doc.position == position:
             return doc
-        return Document(
-            id=doc.id, content=doc.content, score=doc.score, position=position, metadata=doc.metadata
-        )
+        return Document(id=doc.id, content=doc.content, score=doc.score, position=position, metadata=doc.metadata)
     if type(doc) is str:
         return Document(content=fit(doc, limit)[0], position=position)
     content = _field(doc, "content")
@@ -118,7 +116,5 @@ def to_document(doc: Any, position: int, limit: int) -> Document:
         content=to_text(content, limit)[0],
         score=opt_float(_field(doc, "score")),
         position=position,
-        metadata={str(k): attr_text(v, limit) for k, v in metadata.items()}
-        if isinstance(metadata, Mapping)
-        else {},
+        metadata={str(k): attr_text(v, limit) for k, v in metadata.items()} if isinstance(metadata, Mapping) else {},
     )

@@ -34,9 +34,7 @@ def _positional_names(fn: Callable[..., Any]) -> tuple[tuple[str, ...], bool]:
     return names, bool(names) and names[0] in ("self", "cls")
 
 
-def _arguments(
-    names: tuple[str, ...], skip_first: bool, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
+def _arguments(names: tuple[str, ...], skip_first: bool, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     if skip_first and args:
         args = args[1:]
         names = names[1:]
@@ -135,9 +133,7 @@ def trace(
     return decorate(fn) if fn is not None else decorate
 
 
-def _generator_wrapper(
-    func: Callable[..., Any], tracer: Tracer | None, open_span: Any, finish_ok: Any
-) -> Any:
+def _generator_wrapper(func: Callable[..., Any], tracer: Tracer | None, open_span: Any, finish_ok: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         t = tracer if tracer is not None else _tracer_module._tracer
         if not t.enabled:

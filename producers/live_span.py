@@ -159,9 +159,7 @@ class LiveSpan:
         parent: LiveSpan | None,
     ) -> None:
         self._tracer = tracer
-        self.name = (
-            name if type(name) is str and 0 < len(name) <= SHORT_TEXT_CHARS else (short(name) or "unnamed")
-        )
+        self.name = name if type(name) is str and 0 < len(name) <= SHORT_TEXT_CHARS else (short(name) or "unnamed")
         self.kind = kind
         self.trace_id = trace_id
         self.span_id = span_id
@@ -246,13 +244,9 @@ class LiveSpan:
         llm = self._llm
         if llm is None:
             # positional, with the shared empty list: see EMPTY_LIST
-            llm = self._llm = LLMCall(
-                "", "", None, None, None, EMPTY_LIST, "", EMPTY_LIST, EMPTY_LIST, "", ""
-            )
+            llm = self._llm = LLMCall("", "", None, None, None, EMPTY_LIST, "", EMPTY_LIST, EMPTY_LIST, "", "")
         if model is not None:
-            llm.model = (
-                model if type(model) is str and len(model) <= 256 and model.isascii() else short(model)
-            )
+            llm.model = model if type(model) is str and len(model) <= 256 and model.isascii() else short(model)
         if provider is not None:
             llm.provider = provider if type(provider) is str and len(provider) <= 256 else short(provider)
         if temperature is not None:
@@ -407,18 +401,14 @@ class LiveSpan:
             kind = type(value)
             if kind is str:  # inlined fast paths of attr_text: this loop runs for every attribute
                 own[key] = (
-                    value
-                    if len(value) <= 256 or (value.isascii() and len(value) <= limit)
-                    else attr_text(value, limit)
+                    value if len(value) <= 256 or (value.isascii() and len(value) <= limit) else attr_text(value, limit)
                 )
             elif kind is int or kind is float:
                 own[key] = str(value)
             else:
                 own[key] = attr_text(value, limit)
 
-    def add_event(
-        self, name: str, attributes: Mapping[str, Any] | None = None, time_ns: int | None = None
-    ) -> None:
+    def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, time_ns: int | None = None) -> None:
         """A point in time inside the span (e.g. "first_token", "retry")."""
         limit = self._tracer.max_payload_bytes
         event = Event(
@@ -439,9 +429,7 @@ class LiveSpan:
             upper = "ERROR"
         self._status = upper
         if message or self._x is not None:
-            self._extra().status_message = (
-                fit(str(message), self._tracer.max_payload_bytes)[0] if message else ""
-            )
+            self._extra().status_message = fit(str(message), self._tracer.max_payload_bytes)[0] if message else ""
 
     def set_name(self, name: str) -> None:
         self.name = short(name) or self.name

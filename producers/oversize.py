@@ -76,9 +76,7 @@ def _shrunk(span: Span, budget: int) -> Span:
         status_message=_cut(span.status_message, budget),
         attributes=_cut_values(span.attributes, budget),
         resource=_cut_values(span.resource, budget),
-        events=[
-            msgspec.structs.replace(e, attributes=_cut_values(e.attributes, budget)) for e in span.events
-        ],
+        events=[msgspec.structs.replace(e, attributes=_cut_values(e.attributes, budget)) for e in span.events],
         llm=llm,
         prompt=prompt,
         documents=[_cut_document(d, budget) for d in span.documents],

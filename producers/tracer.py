@@ -162,9 +162,7 @@ class Tracer:
         except Exception:
             self.errors += 1
             if self.errors == 1 or self.errors % 10_000 == 0:
-                log.exception(
-                    "tracehouse could not ship span %r (%d such errors so far)", live.name, self.errors
-                )
+                log.exception("tracehouse could not ship span %r (%d such errors so far)", live.name, self.errors)
 
     def stats(self) -> dict[str, int]:
         """Counters: the transport's (enqueued, sent, dropped, failed, ...) plus the tracer's own (ended,

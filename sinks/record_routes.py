@@ -35,8 +35,17 @@ class AlertRow(msgspec.Struct):
 def alert_row(a: Alert) -> AlertRow:
     seconds, millis = divmod(a.fired_at, 1000)
     return AlertRow(
-        f"{seconds}.{millis:03d}", a.rule, a.service, a.severity, a.value, a.threshold, a.state, a.message,
-        a.window_start, a.window_seconds, a.labels,
+        f"{seconds}.{millis:03d}",
+        a.rule,
+        a.service,
+        a.severity,
+        a.value,
+        a.threshold,
+        a.state,
+        a.message,
+        a.window_start,
+        a.window_seconds,
+        a.labels,
     )
 
 

@@ -91,8 +91,7 @@ def test_safe_offset_is_the_oldest_open_trace_and_memory_is_bounded() -> None:
     asm.add(span(1), 3, now=0.0)
     assert asm.safe_offset(next_offset=7) == 3
     other = [
-        Span(trace_id=f"{i:032x}", span_id=f"{i:016x}", name="x", start_time_ns=T0, end_time_ns=T0)
-        for i in range(1, 4)
+        Span(trace_id=f"{i:032x}", span_id=f"{i:016x}", name="x", start_time_ns=T0, end_time_ns=T0) for i in range(1, 4)
     ]
     for i, s in enumerate(other):
         asm.add(s, 4 + i, now=0.0)

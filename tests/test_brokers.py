@@ -34,9 +34,7 @@ def _skip_without_java() -> None:
     if shutil.which("java") is None:
         pytest.skip("no JDK: real Kafka needs `java` on PATH")
     if shutil.which("mvn") is None and not _jars_complete(kafka_jars_dir()):
-        pytest.skip(
-            f"no Maven to fetch Kafka jars and none cached in {kafka_jars_dir()} (see .ci/fetch-kafka)"
-        )
+        pytest.skip(f"no Maven to fetch Kafka jars and none cached in {kafka_jars_dir()} (see .ci/fetch-kafka)")
 
 
 async def _partitions(bootstrap: str, topic: str) -> list[int]:

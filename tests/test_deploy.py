@@ -612,9 +612,7 @@ def test_dashboard_sql_runs_on_the_schema(tmp_path: Path) -> None:
     setup = ["CREATE DATABASE IF NOT EXISTS tracehouse"]
     setup += [render(s, "tracehouse", None, None) for m in MIGRATIONS for s in m.statements]
     queries = dashboard_queries()
-    results = run_chdb(
-        tmp_path, [*setup, "USE tracehouse", *(expand_macros(sql) for _, sql in queries)]
-    )
+    results = run_chdb(tmp_path, [*setup, "USE tracehouse", *(expand_macros(sql) for _, sql in queries)])
     assert all(r["ok"] for r in results[: len(setup) + 1]), results
     answers = results[len(setup) + 1 :]
     failures = [f"{where}: {r['error']}" for (where, _), r in zip(queries, answers, strict=True) if not r["ok"]]
@@ -646,9 +644,7 @@ os._exit(0)  # skip chdb's teardown (with a test Keeper it can abort); the resul
 """
 
 
-def run_chdb(
-    tmp_path: Path, steps: list[str | dict[str, Any]], config: str | None = None
-) -> list[dict[str, Any]]:
+def run_chdb(tmp_path: Path, steps: list[str | dict[str, Any]], config: str | None = None) -> list[dict[str, Any]]:
     """Run statements on the real ClickHouse engine (chdb) in a fresh process with its own data directory;
     one result per statement, in order. A step is SQL or {"sql": ..., "params": {name: SQL literal}}."""
     pytest.importorskip("chdb")

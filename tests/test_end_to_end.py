@@ -114,9 +114,7 @@ def test_spans_reach_clickhouse_and_bad_records_reach_the_dlq(
         " FROM spans WHERE span_id = {s:String}",
         parameters={"s": llm.span_id},
     ).result_rows
-    assert row == [
-        (llm.llm.model, llm.llm.temperature, llm.usage.input, llm.usage.output, llm.usage.cached, True, 2)
-    ]
+    assert row == [(llm.llm.model, llm.llm.temperature, llm.usage.input, llm.usage.output, llm.usage.cached, True, 2)]
     retriever = next(s for t in traces for s in t if s.kind == "RETRIEVER")
     docs = client.query(
         "SELECT d.position, d.id, d.score FROM spans ARRAY JOIN documents AS d WHERE span_id = {s:String}"

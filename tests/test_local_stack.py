@@ -45,15 +45,29 @@ def test_demo_runs_on_the_embedded_defaults_and_exits_zero(tmp_path: Path) -> No
     env = embedded_env(tmp_path)
     done = subprocess.run(
         [sys.executable, "-m", "tracehouse.cli.main", "demo", "--spans", "1500"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "started Kafka (noida-db)" in out and "started ClickHouse (embedded engine)" in out
     assert "queryable" in out and "0 dropped, 0 failed" in out
-    for title in ("Latency", "Most expensive calls", "Runtime exceptions", "Retrieved documents",
-                  "LLM parameters", "Prompt templates", "What the stream processor made of it", "One trace",
-                  "tracehouse top", "alert rate-limits", "Keep going", "tracehouse up"):
+    for title in (
+        "Latency",
+        "Most expensive calls",
+        "Runtime exceptions",
+        "Retrieved documents",
+        "LLM parameters",
+        "Prompt templates",
+        "What the stream processor made of it",
+        "One trace",
+        "tracehouse top",
+        "alert rate-limits",
+        "Keep going",
+        "tracehouse up",
+    ):
         assert title in out, title
     history = re.search(r"sent (\d+) spans in (\d+) traces dated", out)
     total = re.search(r"(\d+)/(\d+) spans of (\d+) traces queryable", out)
@@ -102,7 +116,10 @@ def test_up_serves_sql_while_running_and_keeps_the_data_afterwards(tmp_path: Pat
     env = embedded_env(tmp_path)
     up = subprocess.Popen(
         [sys.executable, "-m", "tracehouse.cli.main", "up"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = env["TRACEHOUSE_CLICKHOUSE_URL"]
     try:
@@ -148,9 +165,17 @@ def test_up_serves_sql_while_running_and_keeps_the_data_afterwards(tmp_path: Pat
 
     # Afterwards, with nothing running, the data is still there: `sql` opens the local data itself.
     after = subprocess.run(
-        [sys.executable, "-m", "tracehouse.cli.main", "sql",
-         "SELECT count() FROM tracehouse.spans WHERE service = 'up-test' FORMAT TSV"],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tracehouse.cli.main",
+            "sql",
+            "SELECT count() FROM tracehouse.spans WHERE service = 'up-test' FORMAT TSV",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert after.returncode == 0, after.stderr[-3000:]
     assert after.stdout.strip().splitlines()[-1] == str(len(spans))
@@ -158,9 +183,23 @@ def test_up_serves_sql_while_running_and_keeps_the_data_afterwards(tmp_path: Pat
 
 def test_loadgen_holds_its_rate_and_reports_what_it_sent(kafka_bootstrap: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "tracehouse.cli.main", "loadgen", "--kafka", kafka_bootstrap,
-         "--rate", "3000", "--duration", "3", "--seed", "1"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tracehouse.cli.main",
+            "loadgen",
+            "--kafka",
+            kafka_bootstrap,
+            "--rate",
+            "3000",
+            "--duration",
+            "3",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = done.stderr.strip().splitlines()[-1]

@@ -291,9 +291,7 @@ GENAI_INPUT = [
                                      "arguments": {"city": "Paris"}}]},
     {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_1", "response": "rainy, 18C"}]},
 ]  # fmt: skip
-GENAI_OUTPUT = [
-    {"role": "assistant", "parts": [{"type": "text", "content": "It is rainy."}], "finish_reason": "stop"}
-]
+GENAI_OUTPUT = [{"role": "assistant", "parts": [{"type": "text", "content": "It is rainy."}], "finish_reason": "stop"}]
 
 
 def genai_llm(**extra: Any) -> dict[str, Any]:
@@ -614,8 +612,13 @@ def test_unusable_values_stay_in_attributes_instead_of_being_guessed() -> None:
     assert span.llm is not None and span.llm.temperature is None and span.llm.max_tokens is None
     assert span.usage is None  # 2**40 does not fit the UInt32 column: kept as text below
     assert span.llm.invocation_parameters == "not json"
-    for key, value in [("gen_ai.request.temperature", "hot"), ("gen_ai.request.max_tokens", "-5"),
-                       ("gen_ai.usage.input_tokens", str(2**40)), ("metadata", "[1, 2]"), ("tag.tags", "7")]:
+    for key, value in [
+        ("gen_ai.request.temperature", "hot"),
+        ("gen_ai.request.max_tokens", "-5"),
+        ("gen_ai.usage.input_tokens", str(2**40)),
+        ("metadata", "[1, 2]"),
+        ("tag.tags", "7"),
+    ]:
         assert span.attributes[key] == value  # fmt: skip
 
 
@@ -711,8 +714,10 @@ def json_request(attributes: dict[str, Any], trace_id: str, span_id: str, start:
             {
                 "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]},
                 "scopeSpans": [
-                    {"scope": {"name": "scope", "attributes": [{"key": "scope.flag", "value": {"boolValue": True}}]},
-                     "spans": [span]}
+                    {
+                        "scope": {"name": "scope", "attributes": [{"key": "scope.flag", "value": {"boolValue": True}}]},
+                        "spans": [span],
+                    }
                 ],
             }
         ]
@@ -902,8 +907,11 @@ def test_each_span_gets_its_own_resource_and_scope() -> None:
             span_id = next(span_ids).to_bytes(8, "big")
             name = f"{service}/{scope}"
             scope_spans.spans.add(
-                trace_id=bytes.fromhex(TRACE), span_id=span_id, name=name,
-                start_time_unix_nano=START, end_time_unix_nano=END,
+                trace_id=bytes.fromhex(TRACE),
+                span_id=span_id,
+                name=name,
+                start_time_unix_nano=START,
+                end_time_unix_nano=END,
             )
     result = ingest(request.SerializeToString(), "application/x-protobuf")
     assert [(s.name, s.service, s.attributes["otel.scope.name"], s.resource["service.name"]) for s in result.spans] == [

@@ -231,8 +231,6 @@ def send_with_the_otel_sdk(url: str, token: str) -> dict[str, str]:
     return found
 
 
-
-
 def test_otel_exporter_spans_land_in_clickhouse_with_their_llm_fields(
     settings: Settings, sink: ManagedProcess, transport: AckedSpanSender
 ) -> None:

@@ -512,6 +512,7 @@ def test_scores_per_name_source_and_service(data: Dataset) -> None:
     unknown = Score(trace_id="f" * 32, name="q-eval", label="bad", source="eval")
     rows = [score_row(s, 0) for s in (*evals, unknown, evals[0])]  # the first one twice: stored once
     data.client.raw_insert("scores", insert_block=encode_rows(rows), fmt="JSONEachRow")
+
     def scores(**values: Any) -> list[dict[str, Any]]:  # `name` is a parameter of the query, not of ask()
         result = run_query(data.client, QUERIES["scores"], values)
         return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]

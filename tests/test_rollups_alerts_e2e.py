@@ -52,8 +52,6 @@ def llm_span(rng: random.Random, service: str, end_ns: int, duration_ms: float, 
     )
 
 
-
-
 def test_rollup_matches_exact_values_and_an_alert_fires_and_resolves(settings: Settings) -> None:
     service = f"svc-{settings.worker_group}"
     rules = settings.data_dir / "alerts.toml"

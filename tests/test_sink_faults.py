@@ -45,8 +45,6 @@ def counts(settings: Settings, run: str) -> tuple[int, int]:
         client.close()
 
 
-
-
 def start_sink(settings: Settings, *args: str) -> ManagedProcess:
     env = LocalStack(settings).child_env()
     sink = ManagedProcess("sink", ["sink", *args], settings.data_dir / "logs", env).start()

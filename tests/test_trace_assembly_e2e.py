@@ -27,8 +27,14 @@ def ids() -> tuple[str, str, str, str]:
 def make(trace: str, span_id: str, parent: str, name: str, service: str, offset_ms: int, **kw: object) -> Span:
     now = time.time_ns()
     return Span(
-        trace_id=trace, span_id=span_id, parent_span_id=parent, name=name, service=service,
-        start_time_ns=now + offset_ms * 1_000_000, end_time_ns=now + (offset_ms + 50) * 1_000_000, **kw,  # type: ignore[arg-type]
+        trace_id=trace,
+        span_id=span_id,
+        parent_span_id=parent,
+        name=name,
+        service=service,
+        start_time_ns=now + offset_ms * 1_000_000,
+        end_time_ns=now + (offset_ms + 50) * 1_000_000,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -76,8 +82,19 @@ def test_assembly_cases_through_the_real_pipeline(settings: Settings) -> None:
         # then the root, then the same child again (a producer retry).
         t1, root1, child1, grandchild1 = ids()
         child = make(t1, child1, root1, "charge", "billing", 10, status="ERROR")
-        send(make(t1, grandchild1, child1, "llm", "billing", 20, kind="LLM",
-                  llm=LLMCall(model="gpt-4o"), usage=TokenUsage(input=100, output=20)))
+        send(
+            make(
+                t1,
+                grandchild1,
+                child1,
+                "llm",
+                "billing",
+                20,
+                kind="LLM",
+                llm=LLMCall(model="gpt-4o"),
+                usage=TokenUsage(input=100, output=20),
+            )
+        )
         send(child)
         send(make(t1, root1, "", "checkout", "shop", 0))
         send(child)

@@ -49,8 +49,11 @@ def test_worker_killed_mid_stream_loses_no_trace(settings: Settings) -> None:
     client = sync_client(settings.clickhouse)
 
     def traces_stored() -> int:
-        return int(client.query("SELECT count() FROM traces FINAL WHERE service = {s:String}",
-                                parameters={"s": service}).result_rows[0][0])
+        return int(
+            client.query(
+                "SELECT count() FROM traces FINAL WHERE service = {s:String}", parameters={"s": service}
+            ).result_rows[0][0]
+        )
 
     replacement = None
     try:

@@ -44,7 +44,6 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 
-
 class Refused(Exception):
     """A request this server will not run: a ClickHouse error code and its text."""
 

@@ -160,9 +160,7 @@ class BodyDecoder:
     """Chains the HTTP Content-Encoding decoder and, with `decompress=1`, the native block decoder."""
 
     def __init__(self, content_encoding: str | None, native: bool):
-        self._stages = [
-            s for s in (_http_decoder(content_encoding), _NativeBlocks() if native else None) if s
-        ]
+        self._stages = [s for s in (_http_decoder(content_encoding), _NativeBlocks() if native else None) if s]
         self.identity = not self._stages
 
     def feed(self, data: bytes) -> bytes:

@@ -475,9 +475,7 @@ class Engine:
         self.version, self.timezone = row[0], row[1] if len(row) > 1 else "UTC"
         names = bytes(boot._run("SELECT name FROM system.settings").bytes()).decode().split("\n")
         self.known_settings = frozenset(n for n in names if n)
-        codes = boot._run(
-            "SELECT number, errorCodeToName(number) AS n FROM numbers(2000) WHERE n != ''"
-        ).bytes()
+        codes = boot._run("SELECT number, errorCodeToName(number) AS n FROM numbers(2000) WHERE n != ''").bytes()
         for line in bytes(codes).decode().splitlines():
             code, _, name = line.partition("\t")
             self.code_names[int(code)] = name

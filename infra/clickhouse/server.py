@@ -120,9 +120,7 @@ class _Request:
         self.user = user
         self.readonly = readonly
         self.database = params.get("database") or headers.get("X-ClickHouse-Database") or None
-        self.default_format = (
-            params.get("default_format") or headers.get("X-ClickHouse-Format") or "TabSeparated"
-        )
+        self.default_format = params.get("default_format") or headers.get("X-ClickHouse-Format") or "TabSeparated"
         # echoed in a header, so no line breaks
         self.query_id = "".join(params.get("query_id", "").split()) or str(uuid.uuid4())
         self.settings = engine_settings(params, engine.known_settings)

@@ -74,12 +74,7 @@ def output_format(sql: bytes) -> str | None:
             depth += 1
         elif tok.upper == b")":
             depth -= 1
-        elif (
-            depth == 0
-            and tok.upper == b"FORMAT"
-            and i + 1 < len(toks)
-            and toks[i + 1].kind in ("word", "qid")
-        ):
+        elif depth == 0 and tok.upper == b"FORMAT" and i + 1 < len(toks) and toks[i + 1].kind in ("word", "qid"):
             name = sql[toks[i + 1].start : toks[i + 1].end].strip(b'`"')
             candidate = (i + 2, name.decode("ascii", "replace"))
     if candidate is None:
@@ -146,12 +141,7 @@ def split_insert(buf: bytes, complete: bool) -> InsertHead | str:
         return NEED_MORE
     if first.upper != b"INSERT":
         # A lone word at the very end may be a cut-off "INSERT"
-        if (
-            not complete
-            and first.kind == "word"
-            and first.end == len(buf)
-            and b"INSERT".startswith(first.upper)
-        ):
+        if not complete and first.kind == "word" and first.end == len(buf) and b"INSERT".startswith(first.upper):
             return NEED_MORE
         return NOT_DATA_INSERT
     depth = 0

@@ -62,6 +62,4 @@ def decompress(data: bytes, content_encoding: str, limit: int) -> bytes:
         if data[:1] and (data[0] & 0x0F) == 8 and int.from_bytes(data[:2], "big") % 31 == 0:
             return _inflate(data, _ZLIB, limit, "deflate")
         return _inflate(data, _RAW_DEFLATE, limit, "deflate")
-    raise UnsupportedMedia(
-        f"Content-Encoding {content_encoding!r} is not supported; use gzip, deflate or identity"
-    )
+    raise UnsupportedMedia(f"Content-Encoding {content_encoding!r} is not supported; use gzip, deflate or identity")

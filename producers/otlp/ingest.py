@@ -102,9 +102,7 @@ def map_batches(
                 )
                 by_resource[key[0]] = origin
             else:  # same resource, another scope: share its stringified attributes
-                scope = origin_for(
-                    {}, batch.scope_name, batch.scope_version, limit, batch.scope_attributes, limits
-                )
+                scope = origin_for({}, batch.scope_name, batch.scope_version, limit, batch.scope_attributes, limits)
                 origin = Origin(
                     shared.service, shared.resource, scope.scope_name, scope.scope_version, scope.scope_attributes
                 )

@@ -236,9 +236,7 @@ def _span(sp: Any) -> OtlpSpan:
                 name if type(name) is str else "",
                 _int(_get(event, "timeUnixNano", "time_unix_nano"), "event timeUnixNano"),
                 _attributes(event.get("attributes")),
-                _int(
-                    _get(event, "droppedAttributesCount", "dropped_attributes_count"), "event droppedAttributesCount"
-                ),
+                _int(_get(event, "droppedAttributesCount", "dropped_attributes_count"), "event droppedAttributesCount"),
             )
         )
     links = _links(_list(sp, "links", "links"))

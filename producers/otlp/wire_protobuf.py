@@ -47,10 +47,7 @@ def _attributes(key_values: Any) -> dict[str, Any]:
 def _span(sp: Any) -> OtlpSpan:
     status = sp.status
     events = (
-        [
-            OtlpEvent(e.name, e.time_unix_nano, _attributes(e.attributes), e.dropped_attributes_count)
-            for e in sp.events
-        ]
+        [OtlpEvent(e.name, e.time_unix_nano, _attributes(e.attributes), e.dropped_attributes_count) for e in sp.events]
         if len(sp.events)
         else []
     )

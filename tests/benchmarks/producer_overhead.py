@@ -91,9 +91,7 @@ def broker_reachable(bootstrap: str) -> bool:
         return False
 
 
-def make_tracehouse(
-    bootstrap: str, max_queue: int, typed: bool
-) -> tuple[Callable[[], None], Callable[[], None]]:
+def make_tracehouse(bootstrap: str, max_queue: int, typed: bool) -> tuple[Callable[[], None], Callable[[], None]]:
     from tracehouse.producers import Tracer
     from tracehouse.producers.transport import SpanTransport
 

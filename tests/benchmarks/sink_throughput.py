@@ -196,9 +196,7 @@ def insert_path(stack: h.Stack, count: int, batch_rows: int, runs: int) -> None:
             "sink: build rows (span_row)": cpu_us(
                 lambda: each(lambda spans_: [span_row(s, prices, 0, 0) for s in spans_], decoded), count, runs
             ),
-            "sink: encode rows (JSON lines)": cpu_us(
-                lambda: each(encoder, sink_rows), count, runs
-            ),
+            "sink: encode rows (JSON lines)": cpu_us(lambda: each(encoder, sink_rows), count, runs),
             "peer: build Python lists": cpu_us(
                 lambda: each(lambda spans_: [peer_row(s, peer_prices, 0, 0) for s in spans_], decoded), count, runs
             ),

@@ -93,9 +93,7 @@ def http(
 ) -> tuple[int, dict[str, str], bytes]:
     """A raw request, as curl would send it: (status, headers, body)."""
     url = server.url + path + ("?" + urllib.parse.urlencode(params) if params else "")
-    req = urllib.request.Request(
-        url, data=data, headers=headers or {}, method="POST" if data is not None else "GET"
-    )
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     try:
         with _opener.open(req, timeout=30) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -146,10 +144,7 @@ def test_inline_and_body_inserts(server: EmbeddedClickHouse, client: Client) -> 
     assert http(server, inline, data=b"")[0] == 200
     assert http(server, data=b"INSERT INTO t.inline VALUES (2, 'values')")[0] == 200
     assert http(server, data=b'INSERT INTO t.inline FORMAT CSV\n3,csv\n4,"csv, quoted"\n')[0] == 200
-    assert (
-        http(server, {"query": "INSERT INTO t.inline FORMAT TSV", "database": "default"}, data=b"5\ttsv\n")[0]
-        == 200
-    )
+    assert http(server, {"query": "INSERT INTO t.inline FORMAT TSV", "database": "default"}, data=b"5\ttsv\n")[0] == 200
     payload = gzip.compress(b'{"id":6,"s":"gzip"}\n{"id":7,"s":"gzip"}\n')
     status, headers, _ = http(
         server,
@@ -160,10 +155,7 @@ def test_inline_and_body_inserts(server: EmbeddedClickHouse, client: Client) -> 
     assert status == 200
     assert json.loads(headers["X-ClickHouse-Summary"])["written_rows"] == "2"
     frames = lz4.frame.compress(b"8,lz4\n") + lz4.frame.compress(b"9,lz4\n")  # one frame per block
-    assert (
-        http(server, {"query": "INSERT INTO t.inline FORMAT CSV"}, frames, {"Content-Encoding": "lz4"})[0]
-        == 200
-    )
+    assert http(server, {"query": "INSERT INTO t.inline FORMAT CSV"}, frames, {"Content-Encoding": "lz4"})[0] == 200
     # ClickHouse's native block compression (decompress=1); the checksum is not verified
     raw = b"10,native\n"
     packed = lz4.block.compress(raw, store_size=False)
@@ -193,14 +185,10 @@ def test_large_streamed_inserts(server: EmbeddedClickHouse, client: Client) -> N
 def test_response_compression(server: EmbeddedClickHouse) -> None:
     query = {"query": "SELECT number FROM numbers(50000)"}
     expected = b"".join(b"%d\n" % n for n in range(50000))
-    _, headers, body = http(
-        server, {**query, "enable_http_compression": "1"}, headers={"Accept-Encoding": "lz4"}
-    )
+    _, headers, body = http(server, {**query, "enable_http_compression": "1"}, headers={"Accept-Encoding": "lz4"})
     assert headers["Content-Encoding"] == "lz4"
     assert lz4.frame.decompress(body) == expected
-    _, headers, body = http(
-        server, {**query, "enable_http_compression": "1"}, headers={"Accept-Encoding": "gzip"}
-    )
+    _, headers, body = http(server, {**query, "enable_http_compression": "1"}, headers={"Accept-Encoding": "gzip"})
     assert headers["Content-Encoding"] == "gzip"
     assert gzip.decompress(body) == expected
     _, headers, body = http(server, query, headers={"Accept-Encoding": "gzip"})  # not asked with the setting
@@ -270,17 +258,13 @@ def test_sync_client_roundtrip(client: Client) -> None:
     client.command(TYPED_TABLE.format(name="t.typed"))
     summary = client.insert("t.typed", TYPED_ROWS, column_names=TYPED_COLUMNS)
     assert summary.written_rows == 3
-    _assert_typed_rows(
-        client.query(f"SELECT {', '.join(TYPED_COLUMNS)} FROM t.typed ORDER BY id").result_rows
-    )
+    _assert_typed_rows(client.query(f"SELECT {', '.join(TYPED_COLUMNS)} FROM t.typed ORDER BY id").result_rows)
 
     line = {"id": 4, "ts": "2024-05-01 00:00:00.123456789", "attrs": {"a": "b"}, "scores": [["q", 2.5]]}
     client.raw_insert("t.typed", None, (json.dumps(line) + "\n").encode(), fmt="JSONEachRow")
     row = client.query("SELECT id, ts, attrs, scores, cost, model FROM t.typed WHERE id = 4").result_rows[0]
     assert row == (4, dt.datetime(2024, 5, 1, 0, 0, 0, 123456), {"a": "b"}, [("q", 2.5)], None, "")
-    nanos = client.query(
-        "SELECT toUnixTimestamp64Nano(ts) % 1000000000 FROM t.typed WHERE id = 4"
-    ).result_rows
+    nanos = client.query("SELECT toUnixTimestamp64Nano(ts) % 1000000000 FROM t.typed WHERE id = 4").result_rows
     assert nanos == [(123456789,)]
 
     assert client.command("SELECT 1") == 1
@@ -311,9 +295,7 @@ def test_client_errors(client: Client) -> None:
         client.command("CREATE TABLE broken (")
     assert err.value.code == 62 and "Syntax error" in str(err.value)
     with pytest.raises(DatabaseError) as err:  # fails after the first blocks are already sent
-        client.query(
-            "SELECT number, throwIf(number = 250000) FROM numbers(400000)", settings={"max_block_size": 1000}
-        )
+        client.query("SELECT number, throwIf(number = 250000) FROM numbers(400000)", settings={"max_block_size": 1000})
     assert err.value.code == 395
     with pytest.raises(DatabaseError) as err:  # bad data: the code the sink uses to split batches
         client.raw_insert("t.typed", ["id"], b'{"id": "not a number"}\n', fmt="JSONEachRow")
@@ -336,9 +318,7 @@ def test_insert_compressions(server: EmbeddedClickHouse, client: Client) -> None
 def test_native_insert_whose_data_starts_with_a_newline(server: EmbeddedClickHouse, client: Client) -> None:
     """Ten columns: the Native block starts with byte 0x0A right after "FORMAT Native\\n"."""
     cols = [f"c{i}" for i in range(10)]
-    client.command(
-        f"CREATE TABLE t.ten ({', '.join(c + ' UInt8' for c in cols)}) ENGINE = MergeTree ORDER BY c0"
-    )
+    client.command(f"CREATE TABLE t.ten ({', '.join(c + ' UInt8' for c in cols)}) ENGINE = MergeTree ORDER BY c0")
     for codec in (False, "lz4"):
         c = clickhouse_connect.get_client(host=server.host, port=server.port, compress=codec)
         c.insert("t.ten", [list(range(10))] * 3, column_names=cols)
@@ -522,9 +502,7 @@ def test_native_for_protocol_revisions(server: EmbeddedClickHouse, client: Clien
     )
     plain = http(server, {"query": many_types, "wait_end_of_query": "1"})[2]
     for params in ({}, {"wait_end_of_query": "1"}):
-        status, _, upgraded = http(
-            server, {"query": many_types, "client_protocol_version": "54460", **params}
-        )
+        status, _, upgraded = http(server, {"query": many_types, "client_protocol_version": "54460", **params})
         assert status == 200
         blocks = 3  # 20000 rows in blocks of 7000
         assert len(upgraded) == len(plain) + blocks * (len(BLOCK_INFO) + 15)
