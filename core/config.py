@@ -20,6 +20,8 @@ DEFAULT_DATA_DIR = "./.tracehouse"
 # Users (passwords as SHA-256, readonly levels) of the embedded ClickHouse server, a TOML file; unset: any
 # user. Read by `tracehouse clickhouse` (infra/clickhouse/access.py describes the file).
 CLICKHOUSE_USERS_FILE_ENV = "TRACEHOUSE_CLICKHOUSE_USERS_FILE"
+# The user the pipeline's processes connect as; its password: TRACEHOUSE_CLICKHOUSE_PASSWORD(_FILE), core/secrets.py
+CLICKHOUSE_USER_ENV = "TRACEHOUSE_CLICKHOUSE_USER"
 # Health endpoints (`GET /health/live`, `/health/ready`) of the worker and the sink; 0 turns them off.
 # Clear of the receiver (4318), the web UI (8787), ClickHouse (8123) and the sink's metrics (9464).
 DEFAULT_WORKER_HEALTH_PORT = 9465
@@ -104,7 +106,7 @@ class Settings:
         base = cls(
             kafka_bootstrap=_env("TRACEHOUSE_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP),
             clickhouse_url=_env("TRACEHOUSE_CLICKHOUSE_URL", DEFAULT_CLICKHOUSE_URL),
-            clickhouse_user=os.environ.get("TRACEHOUSE_CLICKHOUSE_USER") or None,
+            clickhouse_user=os.environ.get(CLICKHOUSE_USER_ENV) or None,
             clickhouse_password=clickhouse_password(),
             clickhouse_database=os.environ.get("TRACEHOUSE_CLICKHOUSE_DATABASE") or None,
             data_dir=Path(_env("TRACEHOUSE_DATA_DIR", DEFAULT_DATA_DIR)),

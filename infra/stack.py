@@ -17,15 +17,20 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tracehouse.core.config import Settings
+from tracehouse.core.config import CLICKHOUSE_USER_ENV, CLICKHOUSE_USERS_FILE_ENV, Settings
 from tracehouse.core.kafka_security import kafka_client_options
+from tracehouse.core.secrets import CLICKHOUSE_PASSWORD_ENV
 from tracehouse.core.topic_admin import TopicAdminError, ensure_topics
-from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse, ensure_clickhouse
+from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse, clickhouse_answers, ensure_clickhouse
+from tracehouse.infra.clickhouse.local_users import WRITER, local_users
 from tracehouse.infra.kafka_broker import kafka_answers
 from tracehouse.infra.noida_broker import NoidaKafka
 from tracehouse.infra.processes import ManagedProcess
 
 log = logging.getLogger("tracehouse.stack")
+
+_USER_ENV = CLICKHOUSE_USER_ENV
+_PASSWORD_FILE_ENV = f"{CLICKHOUSE_PASSWORD_ENV}_FILE"  # a secret may come from a file (core/secrets.py)
 
 
 def _host_port(bootstrap: str) -> tuple[str, int]:
@@ -51,6 +56,7 @@ class LocalStack:
     sink: ManagedProcess | None = None
     receiver: ManagedProcess | None = None
     web: ManagedProcess | None = None
+    password_file: Path | None = None  # the writer's, when this stack gave the embedded server its users
 
     @property
     def log_dir(self) -> Path:
@@ -59,7 +65,13 @@ class LocalStack:
     def start(self) -> LocalStack:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.clickhouse = ensure_clickhouse(settings.clickhouse_url, settings.clickhouse_data_dir)
+        if not clickhouse_answers(settings.clickhouse_url):
+            users_file = None
+            if not os.environ.get(CLICKHOUSE_USERS_FILE_ENV) and settings.clickhouse_user is None:
+                users_file, self.password_file = local_users(settings.data_dir)
+                password = self.password_file.read_text().strip()
+                self.settings = settings = replace(settings, clickhouse_user=WRITER, clickhouse_password=password)
+            self.clickhouse = ensure_clickhouse(settings.clickhouse_url, settings.clickhouse_data_dir, users_file)
         if self.clickhouse is not None:
             self.started.append(f"ClickHouse (embedded engine) at {self.clickhouse.url}")
         if not kafka_answers(settings.kafka_bootstrap):
@@ -81,8 +93,9 @@ class LocalStack:
             self.sink = ManagedProcess("sink", ["sink"], self.log_dir, env).start()
         if self.with_receiver:
             self.receiver = ManagedProcess("receiver", ["receiver"], self.log_dir, env).start()
-        if self.with_web:
-            self.web = ManagedProcess("web", ["web"], self.log_dir, env).start()
+        if self.with_web:  # reads as the read-only default user: the explorer writes scores through Kafka
+            reader_env = {k: v for k, v in env.items() if k not in (_USER_ENV, _PASSWORD_FILE_ENV)}
+            self.web = ManagedProcess("web", ["web"], self.log_dir, reader_env).start()
         for proc in self.children:
             if not proc.wait_for_log("started", timeout=60):
                 tail = proc.log_tail()
@@ -107,6 +120,7 @@ class LocalStack:
             "TRACEHOUSE_WORKER_GROUP": s.worker_group,
             "TRACEHOUSE_SINK_GROUP": s.sink_group,
             "TRACEHOUSE_SPANS_PARTITIONS": str(self.partitions or s.spans_partitions),
+            **({_USER_ENV: WRITER, _PASSWORD_FILE_ENV: str(self.password_file)} if self.password_file else {}),
         }
 
     @property

@@ -14,6 +14,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tracehouse.core.config import parse_clickhouse_url
 from tracehouse.infra.ports import free_port
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions
@@ -148,7 +150,12 @@ def test_up_serves_sql_while_running_and_keeps_the_data_afterwards(tmp_path: Pat
         assert curl(url, sql).strip() == str(len(spans))  # plain HTTP, as curl sends it
         client = sync_client(parse_clickhouse_url(url))  # and clickhouse-connect
         assert client.query(sql).result_rows[0][0] == len(spans)
+        # ... but nobody without the writer's password changes the data (`up` gave the server its users)
+        with pytest.raises(Exception, match=r"(?i)readonly"):
+            client.command("DROP TABLE tracehouse.spans")
         client.close()
+        password_file = Path(env["TRACEHOUSE_DATA_DIR"]) / "clickhouse-writer.password"
+        assert password_file.stat().st_mode & 0o077 == 0  # this OS user's only
         # ... and the explorer that `up` serves lists the traces.
         web = f"http://127.0.0.1:{env['TRACEHOUSE_WEB_PORT']}/api/traces?service=up-test&since=1h"
         deadline = time.monotonic() + 30

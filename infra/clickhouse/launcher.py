@@ -123,10 +123,10 @@ class EmbeddedClickHouse(ServerProcess):
         self.stop()
 
 
-def ensure_clickhouse(url: str, data_dir: Path) -> EmbeddedClickHouse | None:
+def ensure_clickhouse(url: str, data_dir: Path, users_file: Path | None = None) -> EmbeddedClickHouse | None:
     """None if a ClickHouse already answers at `url`; otherwise an embedded one started on the url's
-    host and port with its data in `data_dir`, which the caller must stop."""
+    host and port with its data in `data_dir` (and `users_file`'s users), which the caller must stop."""
     if clickhouse_answers(url):
         return None
     target = parse_clickhouse_url(url)
-    return EmbeddedClickHouse(Path(data_dir), target.host, target.port).start()
+    return EmbeddedClickHouse(Path(data_dir), target.host, target.port, users_file=users_file).start()
