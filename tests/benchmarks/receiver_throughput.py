@@ -425,12 +425,13 @@ def ingest_cost(bodies: list[bytes], encoding: str, compressed: bool) -> float:
 
 
 def start_kafka() -> tuple[object, str]:
-    from tracehouse.core import topics
-    from tracehouse.infra.kafka_broker import KafkaBroker, create_topics
+    from tracehouse.core.topic_admin import create_topics
+    from tracehouse.core.topics import topic_specs
+    from tracehouse.infra.kafka_broker import KafkaBroker
 
     broker = KafkaBroker(Path(tempfile.mkdtemp(prefix="bench-kafka-")), partitions=4)
     broker.start()
-    create_topics(broker.bootstrap, {topics.SPANS: 4})
+    create_topics(broker.bootstrap, topic_specs(4))  # every topic, as `migrate` makes them
     return broker, broker.bootstrap
 
 
