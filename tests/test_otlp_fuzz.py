@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from otlp_values import any_value
 
 from tracehouse.core.schema import decode_span, encode_batch, encode_span
 from tracehouse.producers.otlp.errors import RequestError
@@ -144,25 +145,6 @@ def nested_bytes(depth: int) -> bytes:
     for _ in range(depth):
         value = field(5, field(1, value))  # AnyValue.array_value -> ArrayValue.values
     return value
-
-
-def any_value(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    out = AnyValue()
-    if isinstance(value, list):
-        out.array_value.values.extend(any_value(v) for v in value)
-    elif isinstance(value, dict):
-        out.kvlist_value.values.extend(KeyValue(key=k, value=any_value(v)) for k, v in value.items())
-    return out  # None: an AnyValue with nothing set
 
 
 def ids(size: int) -> st.SearchStrategy[bytes]:

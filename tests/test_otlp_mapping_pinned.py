@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from otlp_values import key_values
 
 from tracehouse.core.schema import Span
 from tracehouse.producers.otlp import mapping
@@ -258,29 +258,6 @@ def test_the_key_routes_stay_bounded_and_change_nothing(expected: dict[str, Span
 
 
 # ---- the same spans through the wire decoders -----------------------------------------------------
-
-
-def any_value(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    out = AnyValue()
-    if isinstance(value, list):
-        out.array_value.values.extend(any_value(v) for v in value)
-    elif isinstance(value, dict):
-        out.kvlist_value.values.extend(KeyValue(key=k, value=any_value(v)) for k, v in value.items())
-    return out
-
-
-def key_values(attributes: dict[str, Any]) -> list[KeyValue]:
-    return [KeyValue(key=k, value=any_value(v)) for k, v in attributes.items()]
 
 
 def protobuf_body(span: OtlpSpan) -> bytes:

@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from otlp_values import any_value
 from waiting import wait_until
 
 from tracehouse.core.config import Settings
@@ -252,25 +253,6 @@ HOSTILE_VALUES = st.recursive(
     lambda inner: st.one_of(st.lists(inner, max_size=30), st.dictionaries(HOSTILE_STRINGS, inner, max_size=6)),
     max_leaves=60,
 )
-
-
-def any_value(value: Any) -> AnyValue:
-    if isinstance(value, bool):
-        return AnyValue(bool_value=value)
-    if isinstance(value, int):
-        return AnyValue(int_value=value)
-    if isinstance(value, float):
-        return AnyValue(double_value=value)
-    if isinstance(value, bytes):
-        return AnyValue(bytes_value=value)
-    if isinstance(value, str):
-        return AnyValue(string_value=value)
-    out = AnyValue()
-    if isinstance(value, list):
-        out.array_value.values.extend(any_value(v) for v in value)
-    elif isinstance(value, dict):
-        out.kvlist_value.values.extend(KeyValue(key=k, value=any_value(v)) for k, v in value.items())
-    return out
 
 
 def json_value(value: Any, bare: bool) -> Any:
