@@ -18,7 +18,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import clickhouse_connect
@@ -68,20 +67,7 @@ TYPED_ROWS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClickHouse]:
-    ch = EmbeddedClickHouse(tmp_path_factory.mktemp("clickhouse"))
-    ch.start()
-    yield ch
-    ch.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: EmbeddedClickHouse) -> Iterator[Client]:
-    c = clickhouse_connect.get_client(host=server.host, port=server.port, compress="lz4")
-    c.command("CREATE DATABASE IF NOT EXISTS t")
-    yield c
-    c.close()
+DATABASE = "t"  # the database the shared `client` fixture (conftest.py) creates
 
 
 def http(

@@ -39,20 +39,7 @@ DAILY = (
 CHECKED = "CREATE TABLE {name} (id UInt64, v Int64, CONSTRAINT v_small CHECK v < 100) ENGINE = MergeTree ORDER BY id"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedClickHouse]:
-    ch = EmbeddedClickHouse(tmp_path_factory.mktemp("clickhouse"))
-    ch.start()
-    yield ch
-    ch.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server: EmbeddedClickHouse) -> Iterator[Client]:
-    c = clickhouse_connect.get_client(host=server.host, port=server.port, compress="lz4")
-    c.command("CREATE DATABASE IF NOT EXISTS g")
-    yield c
-    c.close()
+DATABASE = "g"  # the database the shared `client` fixture (conftest.py) creates
 
 
 def http(
