@@ -1,4 +1,4 @@
-"""`tracehouse query NAME`: run one named query from tracehouse.sinks.queries and print its answer.
+"""`tracehouse query NAME`: run one named query from tracehouse.read.queries and print its answer.
 
 The SQL lives in files users can read and copy (`--list` shows where, `--sql` prints one); the command only
 binds parameters, so nothing typed on the command line is ever formatted into SQL text. Everything is
@@ -21,7 +21,6 @@ import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tracehouse.core.config import Settings
-from tracehouse.sinks.queries import QUERIES, NamedQuery, parse_duration, parse_query
+from tracehouse.read import queries as named
+from tracehouse.read.queries import QUERIES, NamedQuery
+from tracehouse.read.times import duration_text, parse_duration
 
 # Flags that map onto the parameters queries commonly take; anything else goes through `-p NAME=VALUE`.
 FLAG_PARAMS = {"since": "since_seconds", "limit": "limit", "trace": "trace_id", "by": "by"}
@@ -51,11 +52,7 @@ class ReadError(Exception):
 
 def query_files() -> dict[str, Path]:
     """Query name -> the .sql file it comes from (the file users copy, e.g. into Grafana)."""
-    found: dict[str, Path] = {}
-    for entry in resources.files("tracehouse.sinks.queries").iterdir():
-        if entry.name.endswith(".sql"):
-            found[parse_query(entry.read_text(encoding="utf-8")).name] = Path(str(entry))
-    return found
+    return {name: Path(str(entry)) for name, entry in named.query_files().items()}
 
 
 def resolve(name: str) -> NamedQuery:
@@ -66,20 +63,13 @@ def resolve(name: str) -> NamedQuery:
     return query
 
 
-def _seconds_text(seconds: int) -> str:
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 def describe_params(query: NamedQuery) -> str:
     """How to set each parameter from the command line, with its default."""
     parts = []
     for param in query.params:
         default = param.default
         if param.name == "since_seconds":
-            parts.append(f"--since DURATION (default {_seconds_text(int(default))})")
+            parts.append(f"--since DURATION (default {duration_text(int(default))})")
         elif param.name == "limit":
             parts.append(f"--limit N (default {default})")
         elif param.name == "trace_id":
@@ -327,9 +317,7 @@ def print_sql(name: str) -> None:
 
 
 def run(client: Any, request: QueryRequest) -> tuple[list[str], list[Sequence[Any]]]:
-    from tracehouse.sinks.queries import run_query
-
-    result = run_query(client, request.query, request.values)
+    result = named.run_query(client, request.query, request.values)
     return list(result.column_names), list(result.result_rows)
 
 

@@ -1,9 +1,9 @@
 """`tracehouse session ID`: one conversation as the turns it was, each with its time, input, output,
 tokens, cost and latest scores; `--json` prints the web API's `GET /api/sessions/{id}` answer.
 
-One read model: the named query `session` (sinks/queries/session.sql) feeds both this command and the web
-explorer, and tracehouse.web.shape turns its rows into the same `SessionDetail` for both (plain msgspec,
-no web server needed), so the terminal and the browser cannot disagree about a conversation.
+This module only renders: the conversation is the read side's `SessionView` (tracehouse.read.sessions: the
+named query `session` and the same Struct the web API answers with; plain msgspec, no web server needed),
+so the terminal and the browser cannot disagree about a conversation.
 """
 
 from __future__ import annotations
@@ -16,28 +16,12 @@ from rich.console import Console
 from rich.text import Text
 
 from tracehouse.cli.query import ReadError, UsageError, clickhouse_errors, emit_json, guarded, make_console
-from tracehouse.cli.trace_view import fmt_cost, fmt_duration
+from tracehouse.cli.trace_view import fmt_cost, fmt_duration, fmt_score
 from tracehouse.core.config import Settings
-from tracehouse.sinks.queries import QUERIES, run_query
-from tracehouse.web.models import LatestScore, SessionDetail, SessionTurn
-from tracehouse.web.shape import session_detail
+from tracehouse.read.models import SessionTurn, SessionView
+from tracehouse.read.sessions import SESSION_CHARS, load_session
 
-MAX_TURNS = 1000
 TEXT_LINES = 3  # lines of input and of output per turn; --json has them whole (to --max-chars)
-
-
-def load_session(client: Any, session_id: str, max_chars: int) -> SessionDetail | None:
-    result = run_query(client, QUERIES["session"], {"session_id": session_id, "max_chars": max_chars,
-                                                    "limit": MAX_TURNS + 1})  # fmt: skip
-    rows = [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
-    return session_detail(session_id, rows[:MAX_TURNS], max_chars=max_chars, truncated=len(rows) > MAX_TURNS)
-
-
-def fmt_score(score: LatestScore) -> str:
-    """`name=value (label)`, or `name=label`: compact, as in the web's score column."""
-    value = "" if score.value is None else f"{score.value:g}"
-    shown = f"{value} ({score.label})" if value and score.label else value or score.label
-    return f"{score.name}={shown}"
 
 
 def _clock(iso_time: str) -> str:
@@ -78,7 +62,7 @@ def _turn_line(turn: SessionTurn) -> Text:
     return text
 
 
-def render_session(detail: SessionDetail, console: Console) -> None:
+def render_session(detail: SessionView, console: Console) -> None:
     width = console.width
     head = Text()
     head.append("session ", style="bold")
@@ -110,7 +94,12 @@ def render_session(detail: SessionDetail, console: Console) -> None:
 
 
 def show_session(
-    settings: Settings, session_id: str, *, as_json: bool = False, max_chars: int = 2000, console: Console | None = None
+    settings: Settings,
+    session_id: str,
+    *,
+    as_json: bool = False,
+    max_chars: int = SESSION_CHARS,
+    console: Console | None = None,
 ) -> int:
     from tracehouse.cli.reading import clickhouse_for_reading
 

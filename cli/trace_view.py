@@ -1,13 +1,10 @@
 """`tracehouse trace ID`: one trace as a span tree with a timeline, then what the six questions need.
 
-Two named queries feed it, both bound to the trace id and both narrowed to the trace's days by the
-`trace_id_ts` lookup table: `trace` (every span's tree and timing columns) and `trace-details` (LLM
-parameters, prompt template and variables, retrieved documents, exception events; only for the spans
-that carry any). The tree comes from tracehouse.sinks.trace_tree (shared with the web explorer, so both
-agree): built iteratively, so a trace of thousands of spans or a deep chain of agent steps renders without
-recursion limits. Spans whose parent is not in the trace are kept and shown at the root level marked
-"(orphan)": late and orphan spans are data, not noise. A parent loop, which only a broken producer makes,
-is cut and shown the same way.
+This module only renders: the trace is the read side's `TraceView` (tracehouse.read.traces, the same
+queries and the same Struct as the web API's `GET /api/traces/{id}`), so `--json` prints exactly the API's
+answer and the terminal and the browser cannot disagree about depth, order, orphans, totals or scores.
+Spans whose parent is not in the trace are shown at the root level marked "(orphan)": late and orphan
+spans are data, not noise. A parent loop, which only a broken producer makes, is cut and shown the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -28,13 +26,13 @@ from tracehouse.cli.query import (
     clickhouse_errors,
     emit_json,
     guarded,
-    jsonable,
     make_console,
 )
 from tracehouse.core.config import Settings
-from tracehouse.core.prompt_identity import first_line
-from tracehouse.sinks.queries import QUERIES, run_query
-from tracehouse.sinks.trace_tree import SpanNode, TraceTree, build_tree, node_from_row
+from tracehouse.core.prompt_identity import PREFIX, first_line
+from tracehouse.read.models import LatestScore, TraceView, TreeSpan
+from tracehouse.read.traces import load_trace, trace_ids_starting
+from tracehouse.read.tree import guides
 
 KIND_COLORS = {
     "LLM": "magenta",
@@ -54,39 +52,12 @@ _PREFIX = re.compile(r"^[0-9a-f]{6,31}$")
 STACK_LINES = 4
 
 
-def load_trace(client: Any, trace_id: str) -> TraceTree | None:
-    """The trace's tree with each span's details attached, or None when no span has this trace id."""
-    result = run_query(client, QUERIES["trace"], {"trace_id": trace_id})
-    columns = result.column_names
-    nodes = [node_from_row(dict(zip(columns, row, strict=True))) for row in result.result_rows]
-    if not nodes:
-        return None
-    tree = build_tree(trace_id, nodes)
-    details = run_query(client, QUERIES["trace-details"], {"trace_id": trace_id})
-    by_id = {n.span_id: n for n in tree.spans}
-    for row in details.result_rows:
-        record = dict(zip(details.column_names, row, strict=True))
-        node = by_id.get(record["span_id"])
-        if node is not None:
-            node.details = record
-    return tree
-
-
-def trace_scores(client: Any, trace_id: str) -> list[dict[str, Any]]:
-    """The trace's scores per name and source (count, average, latest), from the named query `scores`."""
-    result = run_query(client, QUERIES["scores"], {"trace_id": trace_id, "since": "36500d", "limit": 1000})
-    return [jsonable(dict(zip(result.column_names, row, strict=True))) for row in result.result_rows]
-
-
 def resolve_prefix(client: Any, prefix: str) -> str:
     """The one trace id starting with `prefix` (tables show ids cut to a prefix), else the prefix itself."""
-    rows = client.query(
-        "SELECT DISTINCT trace_id FROM trace_id_ts WHERE startsWith(trace_id, {p:String}) LIMIT 2",
-        parameters={"p": prefix},
-    ).result_rows
-    if len(rows) > 1:
+    found = trace_ids_starting(client, prefix)
+    if len(found) > 1:
         raise UsageError(f"trace id prefix {prefix} is ambiguous: give more digits")
-    return rows[0][0] if rows else prefix
+    return found[0] if found else prefix
 
 
 # ---- formatting -------------------------------------------------------------------------------------
@@ -147,19 +118,34 @@ def time_bar(start_ns: int, end_ns: int, t0: int, total_ns: int, width: int, sty
     return text
 
 
-def _name_cell(node: SpanNode) -> Text:
-    text = Text(node.guides, style="grey50")
-    text.append(node.name, style="bold red" if node.is_error else "bold" if node.depth == 0 else "")
-    if node.orphan:
+def is_error(span: TreeSpan) -> bool:
+    return span.status == "ERROR"
+
+
+def end_offset(span: TreeSpan) -> int:
+    return span.offset_ns + max(span.duration_ns, 0)
+
+
+def fmt_score(score: LatestScore) -> str:
+    """`name=value (label)`, or `name=label`: compact, as in the web's score column."""
+    value = "" if score.value is None else f"{score.value:g}"
+    shown = f"{value} ({score.label})" if value and score.label else value or score.label
+    return f"{score.name}={shown}"
+
+
+def _name_cell(span: TreeSpan, guide: str) -> Text:
+    text = Text(guide, style="grey50")
+    text.append(span.name, style="bold red" if is_error(span) else "bold" if span.depth == 0 else "")
+    if span.orphan:
         text.append(" (orphan)", style="yellow")
     return text
 
 
-def _status_cell(node: SpanNode) -> Text:
+def _status_cell(span: TreeSpan) -> Text:
     """The error's class (the Exceptions table below has the message and stack)."""
-    if not node.is_error:
+    if not is_error(span):
         return Text("")
-    return Text(node.error_type or node.status_message or "error", style="red")
+    return Text(span.error_type or span.status_message or "error", style="red")
 
 
 def _fit(text: Text, width: int, right: bool = False) -> Text:
@@ -176,27 +162,27 @@ def _fit(text: Text, width: int, right: bool = False) -> Text:
     return text
 
 
-def waterfall(tree: TraceTree, width: int) -> list[Text]:
+def waterfall(view: TraceView, width: int) -> list[Text]:
     """The span tree as one line per span, its columns sized to the content and the screen width.
 
     Lines of Text rather than a rich Table: a table measures and wraps every cell, which takes seconds
     for a trace of a thousand spans; these lines cost one pass. A line never wraps: what does not fit is
     cut with an ellipsis (the JSON output has everything).
     """
-    t0, total = tree.start_ns, tree.duration_ns
+    total = view.duration_ns
     rows = []
-    for node in tree.spans:
-        color = "red" if node.is_error else KIND_COLORS.get(node.kind, "white")
+    for node, guide in zip(view.spans, guides([s.depth for s in view.spans]), strict=True):
+        color = "red" if is_error(node) else KIND_COLORS.get(node.kind, "white")
         rows.append(
             (
                 node,
                 color,
                 [
-                    _name_cell(node),
+                    _name_cell(node, guide),
                     Text(node.kind, style=color),
                     None,  # the bar, drawn once its width is known
-                    Text(f"+{fmt_duration(node.start_ns - t0)}" if node.start_ns > t0 else "0"),
-                    Text(fmt_duration(node.duration_ns), style="red" if node.is_error else ""),
+                    Text(f"+{fmt_duration(node.offset_ns)}" if node.offset_ns > 0 else "0"),
+                    Text(fmt_duration(node.duration_ns), style="red" if is_error(node) else ""),
                     Text(node.model),
                     Text(f"{node.total_tokens:,}" if node.total_tokens else ""),
                     Text(fmt_cost(node.cost_usd)),
@@ -233,33 +219,37 @@ def waterfall(tree: TraceTree, width: int) -> list[Text]:
 
     lines = [line([Text(h, style="bold") for h in headers])]
     for node, color, cells in rows:
-        cells[2] = time_bar(node.start_ns, node.end_ns, t0, total, widths[2], color)
+        cells[2] = time_bar(node.offset_ns, end_offset(node), 0, total, widths[2], color)
         lines.append(line(cells))
     return lines
 
 
-def _summary(tree: TraceTree) -> Text:
-    root = tree.roots[0]
+def _summary(view: TraceView) -> Text:
     text = Text()
     text.append("trace ", style="bold")
-    text.append(tree.trace_id, style="bold cyan")
+    text.append(view.trace_id, style="bold cyan")
     parts = [
-        f"{root.name} · {root.service}",
-        fmt_time(tree.start_ns),
-        fmt_duration(tree.duration_ns),
-        f"{len(tree.spans)} spans",
+        f"{view.root_name} · {view.service}",
+        fmt_time(int(view.start_ns)),
+        fmt_duration(view.duration_ns),
+        f"{view.span_count} spans",
     ]
     text.append("  " + "  ·  ".join(parts))
-    errors = tree.error_count
+    errors = view.error_count
     text.append("  ·  ")
     text.append(f"{errors} error{'s' if errors != 1 else ''}", style="bold red" if errors else "green")
-    if tree.total_tokens:
-        text.append(f"  ·  {tree.total_tokens:,} tokens")
-    if tree.cost_usd:
-        text.append(f"  ·  {fmt_cost(tree.cost_usd)}")
-    if tree.orphan_count:
+    if view.total_tokens:
+        text.append(f"  ·  {view.total_tokens:,} tokens")
+    if view.cost_usd:
+        text.append(f"  ·  {fmt_cost(view.cost_usd)}")
+    if view.scores:
+        text.append("\nscores: ", style="grey50")
+        text.append("  ".join(fmt_score(s) for s in view.scores))
+    if view.spans_truncated:
+        text.append(f"\nshowing the first {view.span_count} spans", style="yellow")
+    if view.orphan_count:
         text.append(
-            f"\n{tree.orphan_count} orphan span(s): their parent is not in this trace (yet); shown at the root level",
+            f"\n{view.orphan_count} orphan span(s): their parent is not in this trace (yet); shown at the root level",
             style="yellow",
         )
     return text
@@ -322,18 +312,22 @@ def _opt(value: Any) -> str:
     return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _no_exception(node: SpanNode) -> str:
+def _no_exception(node: TreeSpan) -> str:
     return node.status_message or "status ERROR, no exception recorded (often: a child failed)"
 
 
-def _error_row(table: Table, node: SpanNode, offset_ns: int, kind: str, message: str, stack: str) -> None:
+def _error_row(table: DetailTable, node: TreeSpan, offset_ns: int, kind: str, message: str, stack: str) -> None:
     table.add_row(Text(node.name, style="red"), f"+{fmt_duration(offset_ns)}", kind, Text(message, style="red"), stack)
 
 
-def detail_tables(tree: TraceTree) -> list[DetailTable]:
+def _template_label(template: str, text: str) -> str:
+    """A nameless template is known by the hash of its text (`#` and hex digits): shown with its first line."""
+    return f"{template} {first_line(text)}" if template.startswith(PREFIX) and text else template
+
+
+def detail_tables(view: TraceView) -> list[DetailTable]:
     """LLM parameters, prompt templates, retrieved documents and exceptions, each only when present."""
-    t0 = tree.start_ns
-    system_prompts = {d["system_prompt"] for n in tree.spans if (d := n.details) is not None and n.kind == "LLM"}
+    system_prompts = {s.llm.system_prompt for s in view.spans if s.kind == "LLM" and s.llm is not None}
     shared_prompt = len(system_prompts) == 1  # one prompt for every call: said once, under the table
     llm = _detail_table(
         "LLM calls: parameters and tokens",
@@ -345,105 +339,39 @@ def detail_tables(tree: TraceTree) -> list[DetailTable]:
     prompts = _detail_table("Prompt templates", ["span", "template", "version", "variables"])
     docs = _detail_table("Retrieved documents", ["span", "kind", "position", "score", "document", "content"])
     errors = _detail_table("Exceptions", ["span", "at", "type", "message", "stack (first lines)"])
-    for node in tree.spans:
-        d = node.details
-        if d is None:
-            if node.is_error:
-                _error_row(errors, node, node.end_ns - t0, node.error_type, _no_exception(node), "")
-            continue
-        if node.kind == "LLM":
-            model = d["model"] + (f" ({d['provider']})" if d["provider"] else "")
+    for node in view.spans:
+        call = node.llm
+        if node.kind == "LLM" and call is not None:
+            model = call.model + (f" ({call.provider})" if call.provider else "")
             tokens = (
-                f"{d['input_tokens']:,} ({d['cached_tokens']:,}) / {d['output_tokens']:,} ({d['reasoning_tokens']:,})"
+                f"{node.input_tokens:,} ({node.cached_tokens:,}) / {node.output_tokens:,} ({node.reasoning_tokens:,})"
             )
             llm.add_row(
-                node.name, model, _opt(d["temperature"]), _opt(d["max_tokens"]), _opt(d["top_p"]), tokens,
-                fmt_cost(d["cost_usd"]), d["finish_reason"],
-                *([] if shared_prompt else [_short(d["system_prompt"], 80)]),
+                node.name, model, _opt(call.temperature), _opt(call.max_tokens), _opt(call.top_p), tokens,
+                fmt_cost(node.cost_usd), call.finish_reason,
+                *([] if shared_prompt else [_short(call.system_prompt, 80)]),
             )  # fmt: skip
-        if d["prompt_template"] or d["prompt_text"]:
-            variables = "; ".join(f"{k}={_short(v, 60)}" for k, v in d["prompt_variables"].items())
-            label = d["prompt_template"] or f"{d['prompt_key']} {first_line(d['prompt_text'])}"
-            prompts.add_row(node.name, label, d["prompt_version"], variables)
-        for doc in d["documents"]:
-            score = "" if doc["score"] is None else f"{doc['score']:.4f}"
-            docs.add_row(node.name, node.kind, str(doc["position"]), score, doc["id"], _short(doc["content"], 60))
-        for exc in d["exceptions"]:
-            stack = "\n".join(exc["stacktrace"].splitlines()[:STACK_LINES])
-            _error_row(errors, node, exc["time_ns"] - t0, exc["type"], exc["message"], stack)
-        if node.is_error and not d["exceptions"]:
-            _error_row(errors, node, node.end_ns - t0, node.error_type, _no_exception(node), "")
+        if (template := node.prompt) is not None and (template.template or template.text):
+            variables = "; ".join(f"{k}={_short(v, 60)}" for k, v in template.variables.items())
+            prompts.add_row(node.name, _template_label(template.template, template.text), template.version, variables)
+        for doc in node.documents:
+            score = "" if doc.score is None else f"{doc.score:.4f}"
+            docs.add_row(node.name, node.kind, str(doc.position), score, doc.id, _short(doc.content, 60))
+        for exc in node.exceptions:
+            stack = "\n".join(exc.stacktrace.splitlines()[:STACK_LINES])
+            _error_row(errors, node, exc.offset_ns, exc.type, exc.message, stack)
+        if is_error(node) and not node.exceptions:
+            _error_row(errors, node, end_offset(node), node.error_type, _no_exception(node), "")
     return [t for t in (llm, prompts, docs, errors) if t.row_count]
 
 
-def render_trace(tree: TraceTree, console: Console) -> None:
-    console.print(_summary(tree))
-    for line in waterfall(tree, console.width):
+def render_trace(view: TraceView, console: Console) -> None:
+    console.print(_summary(view))
+    for line in waterfall(view, console.width):
         console.print(line, no_wrap=True, overflow="ellipsis", crop=True)
-    for table in detail_tables(tree):
+    for table in detail_tables(view):
         console.print()
         console.print(table.build(console.width))
-
-
-def trace_json(tree: TraceTree) -> dict[str, Any]:
-    """The trace for scripts: summary, then spans in display order with depth, orphan flag and details."""
-    t0 = tree.start_ns
-    spans = []
-    for node in tree.spans:
-        item: dict[str, Any] = {
-            "span_id": node.span_id,
-            "parent_span_id": node.parent_span_id,
-            "depth": node.depth,
-            "orphan": node.orphan,
-            "name": node.name,
-            "kind": node.kind,
-            "service": node.service,
-            "start_ns": node.start_ns,
-            "offset_ns": node.start_ns - t0,
-            "duration_ns": node.duration_ns,
-            "status": node.status,
-            "status_message": node.status_message,
-            "error_type": node.error_type,
-            "model": node.model,
-            "total_tokens": node.total_tokens,
-            "cost_usd": node.cost_usd,
-            "children": [c.span_id for c in node.children],
-        }
-        d = node.details
-        if d is not None:
-            if node.kind == "LLM" or d["model"]:
-                item["llm"] = {
-                    k: jsonable(d[k])
-                    for k in ("provider", "model", "temperature", "max_tokens", "top_p", "system_prompt",
-                              "finish_reason", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
-                              "cost_source")
-                }  # fmt: skip
-            if d["prompt_template"] or d["prompt_text"]:
-                item["prompt"] = {
-                    "template": d["prompt_key"],
-                    "version": d["prompt_version"],
-                    "variables": jsonable(d["prompt_variables"]),
-                }
-            if d["documents"]:
-                item["documents"] = jsonable(d["documents"])
-            if d["exceptions"]:
-                item["exceptions"] = jsonable(d["exceptions"])
-        spans.append(item)
-    root = tree.roots[0]
-    return {
-        "trace_id": tree.trace_id,
-        "root_name": root.name,
-        "service": root.service,
-        "start_ns": t0,
-        "start_time": fmt_time(t0),
-        "duration_ns": tree.duration_ns,
-        "span_count": len(tree.spans),
-        "error_count": tree.error_count,
-        "orphan_count": tree.orphan_count,
-        "total_tokens": tree.total_tokens,
-        "cost_usd": tree.cost_usd,
-        "spans": spans,
-    }
 
 
 # ---- the command ------------------------------------------------------------------------------------
@@ -458,9 +386,8 @@ def show_trace(settings: Settings, trace_id: str, *, as_json: bool = False, cons
     with clickhouse_errors(settings), clickhouse_for_reading(settings) as client:
         if _PREFIX.match(trace_id):  # the prefix a table shows
             trace_id = resolve_prefix(client, trace_id)
-        tree = load_trace(client, trace_id)
-        scores = trace_scores(client, trace_id) if as_json and tree is not None else []
-    if tree is None:
+        view = load_trace(client, trace_id)
+    if view is None:
         target = settings.clickhouse
         hint = "" if _TRACE_ID.match(trace_id) else " (trace ids are 32 hex digits)"
         raise ReadError(
@@ -468,9 +395,9 @@ def show_trace(settings: Settings, trace_id: str, *, as_json: bool = False, cons
             "recent trace ids: tracehouse query slowest-calls"
         )
     if as_json:
-        emit_json({**trace_json(tree), "scores": scores})
+        emit_json(msgspec.to_builtins(view))  # exactly the body of GET /api/traces/{trace_id}
     else:
-        render_trace(tree, console or make_console())
+        render_trace(view, console or make_console())
     return 0
 
 

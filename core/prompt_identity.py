@@ -21,7 +21,7 @@ FIRST_LINE_CHARS = 60
 # The same identity as `template_id`, as a ClickHouse expression over the spans table's columns.
 TEMPLATE_ID_SQL = f"concat('{PREFIX}', substring(lower(hex(SHA256(prompt_text))), 1, {DIGITS}))"
 # What a template is grouped by (its name, else that id; "" when the span has no template), verbatim in
-# sinks/queries/prompt-templates.sql, trace-details.sql and web/queries/trace-spans.sql.
+# read/sql/prompt-templates.sql, trace-details.sql and trace-spans.sql.
 TEMPLATE_KEY_SQL = f"if(prompt_template != '' OR prompt_text = '', prompt_template, {TEMPLATE_ID_SQL})"
 
 

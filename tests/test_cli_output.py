@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -16,7 +17,7 @@ from rich.console import Console
 from tracehouse.cli.query import ID_PREFIX, print_table
 from tracehouse.cli.top import GroupRow, Snapshot, TopOptions, render
 from tracehouse.cli.trace_view import render_trace
-from tracehouse.sinks.trace_tree import SpanNode, build_tree
+from tracehouse.read.models import ExceptionView, LLMView, PromptView, TraceView, TreeSpan
 
 RNG = random.Random(7)
 WIDTHS = (80, 160)
@@ -63,52 +64,63 @@ def test_query_tables_keep_one_line_per_row(width: int) -> None:
     assert lines[1].split()[0] == "trace_id" and lines[1].rstrip().endswith("time")  # every column shown
 
 
+def tree_span(span_id: str, parent: str, name: str, kind: str, offset_ns: int, duration_ns: int,
+              depth: int, **fields: Any) -> TreeSpan:  # fmt: skip
+    """A span of the read model as `tracehouse trace` gets it, with empty details unless given."""
+    blank: dict[str, Any] = {
+        "service": "research-agent", "status": "OK", "status_message": "", "error_type": "", "model": "",
+        "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0, "total_tokens": 0,
+        "cost_usd": 0.0, "cost_source": "", "input": "", "input_chars": 0, "output": "", "output_chars": 0,
+        "llm": None, "prompt": None, "documents": [], "exceptions": [], "events": [], "scores": [],
+        "attributes": {}, "resource_attributes": {}, "session_id": "", "user_id": "", "tags": [], "orphan": False,
+        "child_count": 0,
+    }  # fmt: skip
+    return TreeSpan(span_id=span_id, parent_span_id=parent, name=name, kind=kind, start_ns=str(T0 + offset_ns),
+                    offset_ns=offset_ns, duration_ns=duration_ns, depth=depth, **{**blank, **fields})  # fmt: skip
+
+
+T0 = 1_796_600_000_000_000_000
+
+
 @pytest.mark.parametrize("width", WIDTHS)
 def test_trace_waterfall_and_details_fit(width: int) -> None:
-    trace_id, t0 = hex_id(32), 1_796_600_000_000_000_000
-    root = SpanNode(hex_id(16), "", "research_agent", "AGENT", "research-agent", t0, 9_000_000_000, "ERROR",
-                    "rate limited", "", "", 0, 0.0)  # fmt: skip
-    nodes = [root]
+    trace_id, root_id = hex_id(32), hex_id(16)
+    root = tree_span(root_id, "", "research_agent", "AGENT", 0, 9_000_000_000, 0, status="ERROR",
+                     status_message="rate limited")  # fmt: skip
+    spans = [root]
     for i in range(4):
-        nodes.append(
-            SpanNode(
-                hex_id(16),
-                root.span_id,
-                f"plan_step_{i}",
-                "LLM",
-                "research-agent",
-                t0 + i * 2_000_000_000,
-                1_500_000_000,
-                "OK",
-                "",
-                "",
-                "claude-sonnet-4-20250514",
-                1200,
-                0.0123,
-            )
-        )
-    failed = nodes[-1]
-    failed.status, failed.error_type = "ERROR", "rate_limit"
-    nodes.append(SpanNode(hex_id(16), root.span_id, "ChatPromptTemplate", "PROMPT", "research-agent",
-                          t0 + 8_000_000_000, 800_000, "OK", "", "", "", 0, 0.0))  # fmt: skip
-    tree = build_tree(trace_id, nodes)
-    failed.details = {
-        "model": "claude-sonnet-4-20250514", "provider": "anthropic", "temperature": 0.2, "max_tokens": 1024,
-        "top_p": 1.0, "input_tokens": 1000, "cached_tokens": 0, "output_tokens": 200, "reasoning_tokens": 0,
-        "cost_usd": 0.0123, "finish_reason": "", "system_prompt": "You are the support assistant of ACME Cloud.",
-        "prompt_template": "", "prompt_key": "#0123456789", "prompt_text": "You are a research agent.\nMore.",
-        "prompt_version": "3", "prompt_variables": {"question": "How do I rotate my API key without downtime?"},
-        "documents": [],
-        "exceptions": [{"time_ns": t0 + 7_600_000_000, "type": "anthropic.RateLimitError", "message": MESSAGE,
-                        "stacktrace": "Traceback (most recent call last):\n  File \"/app/llm.py\", line 88"}],
-    }  # fmt: skip
+        step = tree_span(hex_id(16), root_id, f"plan_step_{i}", "LLM", i * 2_000_000_000, 1_500_000_000, 1,
+                         model="claude-sonnet-4-20250514", total_tokens=1200, cost_usd=0.0123)  # fmt: skip
+        spans.append(step)
+    call = LLMView(
+        provider="anthropic", model="claude-sonnet-4-20250514", temperature=0.2, max_tokens=1024, top_p=1.0,
+        stop=[], system_prompt="You are the support assistant of ACME Cloud.", invocation_parameters="",
+        finish_reason="", input_messages=[], output_messages=[],
+    )  # fmt: skip
+    spans[-1] = tree_span(
+        spans[-1].span_id, root_id, "plan_step_3", "LLM", 6_000_000_000, 1_500_000_000, 1, status="ERROR",
+        error_type="rate_limit", model="claude-sonnet-4-20250514", input_tokens=1000, output_tokens=200,
+        total_tokens=1200, cost_usd=0.0123, llm=call,
+        prompt=PromptView("#0123456789", "3", "You are a research agent.\nMore.",
+                          {"question": "How do I rotate my API key without downtime?"}),
+        exceptions=[ExceptionView(7_600_000_000, "anthropic.RateLimitError", MESSAGE,
+                                  "Traceback (most recent call last):\n  File \"/app/llm.py\", line 88")],
+    )  # fmt: skip
+    spans.append(tree_span(hex_id(16), root_id, "ChatPromptTemplate", "PROMPT", 8_000_000_000, 800_000, 1))
+    view = TraceView(
+        trace_id=trace_id, root_name=root.name, root_span_id=root_id, service=root.service, services=[root.service],
+        start_time="2026-12-07T02:30:01.123Z", start_ns=str(T0), duration_ns=9_000_000_000, span_count=len(spans),
+        error_count=2, orphan_count=0, input_tokens=1000, output_tokens=200, cached_tokens=0, reasoning_tokens=0,
+        total_tokens=4800, cost_usd=0.0492, session_id="", user_id="", max_chars=20_000, spans_truncated=False,
+        spans=spans, scores=[], span_scores=[],
+    )  # fmt: skip
     console = Console(width=width, record=True, color_system=None)
-    render_trace(tree, console)
+    render_trace(view, console)
     lines = lines_of(console)
     assert_fits(lines, width, [trace_id])
     text = "\n".join(lines)
     assert "#0123456789 You are a" in text  # a nameless template: its derived identity and first line
-    assert "PROMPT" in text
+    assert "PROMPT" in text and "├─ plan_step_0" in text and "└─ ChatPromptTemplate" in text
 
 
 @pytest.mark.parametrize("width", WIDTHS)

@@ -58,9 +58,9 @@ def test_clickhouse_derives_the_same_identity(clickhouse_url: str) -> None:
     finally:
         client.close()
     for path in (
-        "sinks/queries/prompt-templates.sql",
-        "sinks/queries/trace-details.sql",
-        "web/queries/trace-spans.sql",
+        "read/sql/prompt-templates.sql",
+        "read/sql/trace-details.sql",
+        "read/sql/trace-spans.sql",
     ):
         assert TEMPLATE_KEY_SQL in (ROOT / path).read_text(), f"{path} must derive the identity as core does"
 

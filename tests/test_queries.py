@@ -33,17 +33,18 @@ from clickhouse_connect.driver.client import Client
 from rich.console import Console
 
 from tracehouse.cli.query import UsageError, build_request
-from tracehouse.cli.trace_view import SpanNode, build_tree, show_trace
+from tracehouse.cli.trace_view import show_trace
 from tracehouse.core.config import Settings
 from tracehouse.core.pricing import PriceTable, price_span
 from tracehouse.core.prompt_identity import template_key
+from tracehouse.core.rollups import Rollup, ScoreRollup
 from tracehouse.core.schema import Span
-from tracehouse.pipeline.rollups import Rollup
-from tracehouse.pipeline.sketch import LatencySketch
+from tracehouse.core.sketch import LatencySketch
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions
+from tracehouse.read.queries import QUERIES, run_query
+from tracehouse.read.tree import SpanNode, build_tree
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
-from tracehouse.sinks.queries import QUERIES, run_query
 from tracehouse.sinks.record_routes import AlertRow
 from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, encode_rows, span_row
 
@@ -596,8 +597,38 @@ def test_sessions_and_one_session(data: Dataset, assembled: dict[str, Any]) -> N
     assert ask(data, "session", session_id="x' OR 1=1 --") == []
 
 
+@covers("score-windows")
+def test_score_windows_average_per_name_service_and_model(data: Dataset) -> None:
+    """The worker's score windows (`score_rollups`, written here as the sink writes them): sums over the
+    windows of the period, the average weighted by the scores with a value, a revised row counted once."""
+    minute = int(time.time()) // 60 * 60 - 120
+
+    def row(start: int, count: int, values: list[float], labels: dict[str, int]) -> ScoreRollup:
+        return ScoreRollup(
+            window_start=start, window_seconds=60, name="q-feedback", service="q-bot", model="m", count=count,
+            value_count=len(values), value_sum=sum(values), value_avg=sum(values) / len(values) if values else 0.0,
+            value_min=min(values, default=0.0), value_max=max(values, default=0.0), label_counts=labels,
+            value_counts={},
+        )  # fmt: skip
+
+    rows = [
+        row(minute, 2, [1.0], {"thumbs_up": 1}),  # replaced by its revision below
+        row(minute, 3, [1.0, 0.0], {"thumbs_up": 1, "thumbs_down": 1}),
+        row(minute + 60, 2, [0.5], {"thumbs_down": 1}),
+    ]
+    data.client.raw_insert("score_rollups", insert_block=encode_rows(rows[:1]), fmt="JSONEachRow")
+    data.client.raw_insert("score_rollups", insert_block=encode_rows(rows[1:]), fmt="JSONEachRow")
+    result = run_query(data.client, QUERIES["score-windows"], {"name": "q-feedback"})
+    (got,) = [dict(zip(result.column_names, r, strict=True)) for r in result.result_rows]
+    assert (got["service"], got["model"], got["scores"], got["with_value"]) == ("q-bot", "m", 5, 3)
+    assert (got["avg_value"], got["min_value"], got["max_value"]) == (0.5, 0.0, 1.0)
+    assert got["label_counts"] == {"thumbs_up": 1, "thumbs_down": 2}
+
+
 def test_every_named_query_is_tested() -> None:
-    assert set(QUERIES) == TESTED, f"untested queries: {sorted(set(QUERIES) - TESTED)}"
+    # the web API's own queries (`web-*`) are tested through the API, in tests/test_web*.py
+    named = {name for name in QUERIES if not name.startswith("web-")}
+    assert named == TESTED, f"untested queries: {sorted(named - TESTED)}"
 
 
 # ---- the span tree ---------------------------------------------------------------------------------------
@@ -722,8 +753,10 @@ def test_cli_trace_json(data: Dataset) -> None:
     shown = by_id[llm.span_id]
     assert shown["llm"]["temperature"] == llm.llm.temperature
     assert shown["llm"]["system_prompt"] == llm.llm.system_prompt
-    assert shown["prompt"] == {"template": llm.prompt.name, "version": llm.prompt.version,
-                               "variables": llm.prompt.variables}  # fmt: skip
+    prompt = shown["prompt"]  # the API's span (GET /api/traces/{id}), whose prompt also has its text
+    assert (prompt["template"], prompt["version"], prompt["variables"]) == (
+        llm.prompt.name, llm.prompt.version, llm.prompt.variables
+    )  # fmt: skip
     retriever = next(s for s in spans if s.kind == "RETRIEVER")
     assert [(d["position"], d["score"]) for d in by_id[retriever.span_id]["documents"]] == [
         (d.position, d.score) for d in retriever.documents

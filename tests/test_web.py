@@ -35,13 +35,13 @@ import pytest
 from tracehouse.core.config import Settings
 from tracehouse.core.pricing import PriceTable, price_span
 from tracehouse.core.schema import Span
-from tracehouse.sinks.trace_tree import build_tree
+from tracehouse.read.tree import build_tree
 from tracehouse.web.app import create_app
 from tracehouse.web.openapi import build_openapi
 
 sys.path.insert(0, str(Path(__file__).parent))
 from web_dataset import BIG_TRACE_ID, WebDataset, load
-from web_server import ServerThread, get
+from web_server import ServerThread, get, run_cli
 
 CHROMIUM = os.environ.get("TRACEHOUSE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -177,7 +177,7 @@ def test_trace_has_the_tree_and_every_detail(data: WebDataset, api: Any) -> None
     t0 = min(s.start_time_ns for s in spans)
     assert answer["span_count"] == len(spans) and answer["start_ns"] == str(t0)
     assert answer["duration_ns"] == max(s.end_time_ns for s in spans) - t0
-    # the same tree order as the terminal's (tracehouse.sinks.trace_tree), depth first
+    # the same tree order as the terminal's (tracehouse.read.tree), depth first
     got = answer["spans"]
     root = next(s for s in spans if not s.parent_span_id)
     assert got[0]["span_id"] == root.span_id and got[0]["depth"] == 0
@@ -237,6 +237,28 @@ def test_trace_exceptions_carry_type_message_and_stack(data: WebDataset, api: An
     assert answer["error_count"] == sum(s.status == "ERROR" for s in spans)
 
 
+def test_cli_trace_json_is_the_api_answer(data: WebDataset, api: Any) -> None:
+    """One read model: `tracehouse trace ID --json` prints exactly the body of `GET /api/traces/{ID}`, for a
+    trace with documents, one with a failed LLM call, one with scores on the trace and on a span, and the
+    1,000-span trace."""
+    traces = [
+        trace_with(data, "RETRIEVER"),
+        trace_with(data, "LLM", error=True),
+        data.conversation[1],
+        data.conversation[2],
+        data.traces[BIG_TRACE_ID],
+    ]
+    for spans in traces:
+        trace_id = spans[0].trace_id
+        done = run_cli(data.settings, data.database, "trace", trace_id, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == api(f"/api/traces/{trace_id}")
+    # and the terminal's waterfall is drawn from the same view: its scores in the header
+    done = run_cli(data.settings, data.database, "trace", data.conversation[1][0].trace_id, columns=120)
+    assert done.returncode == 0, done.stderr
+    assert "user_feedback=0 (thumbs_down)" in done.stdout
+
+
 def test_thousand_span_trace(data: WebDataset, api: Any) -> None:
     started = time.perf_counter()
     answer = api(f"/api/traces/{BIG_TRACE_ID}")
@@ -254,7 +276,7 @@ def test_thousand_span_trace(data: WebDataset, api: Any) -> None:
 
 
 def _node(span: Span) -> Any:
-    from tracehouse.sinks.trace_tree import SpanNode
+    from tracehouse.read.tree import SpanNode
 
     return SpanNode(span.span_id, span.parent_span_id, span.name, span.kind, span.service, span.start_time_ns,
                     span.duration_ns, span.status, "", "", "", 0, 0.0)  # fmt: skip

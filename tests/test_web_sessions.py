@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import test_sink_dead_letters as sink_helpers
 import test_web as web_tests
 from web_dataset import CONVERSATION, CONVERSATION_USER, QUESTIONS, WebDataset, load
-from web_server import ServerThread, get
+from web_server import ServerThread, get, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -226,12 +226,7 @@ def test_session_answers_match_their_openapi_schemas(server: ServerThread, data:
 
 
 def cli(data: WebDataset, *args: str, columns: int = 80) -> Any:
-    import os
-    import subprocess
-
-    env = {**os.environ, "TRACEHOUSE_CLICKHOUSE_DATABASE": data.database, "COLUMNS": str(columns)}
-    command = [sys.executable, "-m", "tracehouse.cli.main", *args, "--clickhouse", data.settings.clickhouse_url]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return run_cli(data.settings, data.database, *args, columns=columns)
 
 
 def test_cli_session_prints_the_conversation_in_order_within_80_columns(data: WebDataset) -> None:

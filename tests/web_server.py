@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -86,3 +89,10 @@ def get(
     if got.get("Content-Type", "").startswith("application/json"):
         return status, json.loads(text), got
     return status, text, got
+
+
+def run_cli(settings: Settings, database: str, *args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
+    """`tracehouse ARGS` as users run it, reading the same database the server reads."""
+    env = {**os.environ, "TRACEHOUSE_CLICKHOUSE_DATABASE": database, "COLUMNS": str(columns)}
+    command = [sys.executable, "-m", "tracehouse.cli.main", *args, "--clickhouse", settings.clickhouse_url]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)

@@ -18,9 +18,13 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET, Meta, UnsetType
 
-from tracehouse.sinks.queries import QUERIES
-from tracehouse.web import shape
-from tracehouse.web.models import Alerts, Rollups, Services, SessionList, SpanOut, TraceList, encode
+from tracehouse.read import shape
+from tracehouse.read.models import SpanView
+from tracehouse.read.queries import QUERIES
+from tracehouse.read.sessions import SESSION_CHARS, session_request, session_view
+from tracehouse.read.times import iso
+from tracehouse.read.traces import TRACE_CHARS, span_request, trace_requests, trace_view
+from tracehouse.web.models import Alerts, Rollups, Services, SessionList, TraceList, encode
 from tracehouse.web.params import (
     DATETIME,
     DATETIME64_9,
@@ -36,18 +40,16 @@ from tracehouse.web.params import (
     decode_key_cursor,
     encode_cursor,
     encode_key_cursor,
-    iso,
     parse_query,
     parse_time,
     session_id_of,
     span_id_of,
     trace_id_of,
 )
-from tracehouse.web.reader import WEB_QUERIES, Reader
+from tracehouse.web.reader import Reader
 
 READER = web.AppKey("reader", Reader)
 
-MAX_SPANS = 20_000  # a trace larger than this is cut (and says so): the browser draws what it gets
 MAX_SPAN_CHARS = 4 * 1024 * 1024  # the largest span a producer sends (core.schema.MAX_SPAN_BYTES)
 STEPS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 TARGET_POINTS = 240
@@ -56,7 +58,6 @@ MAX_POINTS = 5000
 
 FLOAT_MAX = sys.float_info.max  # any finite Float64; inf and nan are refused
 SCORE_BOUND = 1e15  # a score filter's bounds: far beyond any rating, probability or count people give
-MAX_TURNS = 1000  # a session longer than this is cut (and says so)
 MAX_DURATION_MS = INT64_MAX // 1_000_000  # min_duration_ms becomes an Int64 of nanoseconds
 
 
@@ -110,12 +111,12 @@ class SessionsQuery(Query):
 
 class SessionQuery(Query):
     max_chars: Annotated[int, Meta(ge=0, le=1_000_000, description="each turn's input and output are cut to this "
-                                   "many characters (the trace has them whole)")] = 2000  # fmt: skip
+                                   "many characters (the trace has them whole)")] = SESSION_CHARS  # fmt: skip
 
 
 class TraceQuery(Query):
     max_chars: Annotated[int, Meta(ge=0, le=1_000_000, description="long texts (input, output, messages, "
-                                   "prompts) are cut to this many characters")] = 20_000  # fmt: skip
+                                   "prompts) are cut to this many characters")] = TRACE_CHARS  # fmt: skip
 
 
 class SpanQuery(Query):
@@ -180,7 +181,7 @@ async def list_traces(request: web.Request) -> web.Response:
     cursor_ns, cursor_id = decode_cursor(v.cursor) if v.cursor else (0, "")
     limit = v.limit
     rows = await _reader(request).rows(
-        WEB_QUERIES["web-traces"],
+        QUERIES["web-traces"],
         {
             "from_ns": since,
             "until_ns": until,
@@ -242,10 +243,8 @@ async def get_session(request: web.Request) -> web.Response:
     """GET /api/sessions/{session_id}: every trace of the conversation in order, with input and output."""
     session_id = session_id_of(request.match_info["session_id"])
     max_chars = parse_query(SessionQuery, request.query).max_chars
-    rows = await _reader(request).rows(
-        QUERIES["session"], {"session_id": session_id, "max_chars": max_chars, "limit": MAX_TURNS + 1}
-    )
-    detail = shape.session_detail(session_id, rows[:MAX_TURNS], max_chars=max_chars, truncated=len(rows) > MAX_TURNS)
+    rows = await _reader(request).rows(*session_request(session_id, max_chars))
+    detail = session_view(session_id, rows, max_chars=max_chars)
     if detail is None:
         raise ApiError(404, "not_found", f"session {session_id!r} not found (no trace has this session id)")
     return json_response(detail)
@@ -256,21 +255,12 @@ async def get_trace(request: web.Request) -> web.Response:
     trace_id = trace_id_of(request.match_info["trace_id"])
     max_chars = parse_query(TraceQuery, request.query).max_chars
     reader = _reader(request)
-    rows, score_rows = await asyncio.gather(
-        reader.rows(
-            WEB_QUERIES["web-trace-spans"],
-            {"trace_id": trace_id, "max_chars": max_chars, "max_doc_chars": min(max_chars, 4000),
-             "max_spans": MAX_SPANS + 1},
-        ),
-        reader.rows(WEB_QUERIES["web-trace-scores"], {"trace_id": trace_id}),
-    )  # fmt: skip
-    truncated = len(rows) > MAX_SPANS
+    spans, scores = trace_requests(trace_id, max_chars)
+    rows, score_rows = await asyncio.gather(reader.rows(*spans), reader.rows(*scores))
 
     def build() -> bytes | None:
-        detail = shape.trace_detail(
-            trace_id, rows[:MAX_SPANS], max_chars=max_chars, truncated=truncated, score_rows=score_rows
-        )
-        return None if detail is None else encode(detail)
+        view = trace_view(trace_id, rows, score_rows, max_chars=max_chars)
+        return None if view is None else encode(view)
 
     # Building and encoding a trace of thousands of spans takes milliseconds to tens of them: off the loop.
     body = await asyncio.to_thread(build)
@@ -285,16 +275,12 @@ async def get_span(request: web.Request) -> web.Response:
     span_id = span_id_of(request.match_info["span_id"])
     max_chars = parse_query(SpanQuery, request.query).max_chars
     reader = _reader(request)
-    rows = await reader.rows(
-        WEB_QUERIES["web-trace-spans"],
-        {"trace_id": trace_id, "span_id": span_id, "max_chars": max_chars, "max_doc_chars": max_chars,
-         "max_spans": 1},
-    )  # fmt: skip
+    rows = await reader.rows(*span_request(trace_id, max_chars, span_id=span_id, max_spans=1, doc_chars=max_chars))
     if not rows:
         raise ApiError(404, "not_found", f"span {span_id} of trace {trace_id} not found")
-    start = await reader.rows(WEB_QUERIES["web-trace-start"], {"trace_id": trace_id})
+    start = await reader.rows(QUERIES["web-trace-start"], {"trace_id": trace_id})
     trace_start = int(start[0]["start_ns"]) if start and start[0]["start_ns"] else int(rows[0]["start_ns"])
-    span: SpanOut = shape.span_out(rows[0], trace_start)
+    span: SpanView = shape.span_out(rows[0], trace_start)
     return json_response(span)
 
 
@@ -322,7 +308,7 @@ async def rollups(request: web.Request) -> web.Response:
     until_s = min(-(-until_s // step) * step, UINT32_MAX)
     kind = v.kind.upper() if v.kind != "*" else "*"
     rows = await _reader(request).rows(
-        WEB_QUERIES["web-rollups"],
+        QUERIES["web-rollups"],
         {"from_s": since_s, "until_s": until_s, "step_seconds": step, "by": v.by, "kind": kind,
          "service": v.service, "model": v.model},
     )  # fmt: skip
@@ -358,7 +344,7 @@ async def services(request: web.Request) -> web.Response:
     since = ServicesQuery.holds.clamp(
         parse_time("since", parse_query(ServicesQuery, request.query).since, time.time_ns())
     )
-    rows = await _reader(request).rows(WEB_QUERIES["web-services"], {"from_s": since // NS})
+    rows = await _reader(request).rows(QUERIES["web-services"], {"from_s": since // NS})
     return json_response(
         Services(
             shape.named_counts(rows, "service"),
@@ -375,7 +361,7 @@ class Endpoint:
     handler: Any
     query: type[Query]
     summary: str
-    response: str  # the models.py Struct the 200 answer is
+    response: str  # the Struct the 200 answer is (web/models.py or tracehouse.read.models)
     operation_id: str
 
 
@@ -384,15 +370,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "listTraces"),
     Endpoint("/api/traces/{trace_id}", get_trace, TraceQuery,
              "One trace: every span in tree order with input/output, LLM parameters and messages, prompt "
-             "template and variables, documents, exceptions, scores and attributes", "TraceDetail", "getTrace"),
+             "template and variables, documents, exceptions, scores and attributes", "TraceView", "getTrace"),
     Endpoint("/api/traces/{trace_id}/spans/{span_id}", get_span, SpanQuery,
-             "One span with its long texts whole", "SpanOut", "getSpan"),
+             "One span with its long texts whole", "SpanView", "getSpan"),
     Endpoint("/api/sessions", list_sessions, SessionsQuery,
              "List sessions (conversations: traces sharing a session id), the most recently active first, with "
              "turns, times, tokens, cost, errors, user and the latest scores", "SessionList", "listSessions"),
     Endpoint("/api/sessions/{session_id}", get_session, SessionQuery,
              "One session: every trace in order, each with its input and output and its latest scores",
-             "SessionDetail", "getSession"),
+             "SessionView", "getSession"),
     Endpoint("/api/rollups", rollups, RollupsQuery,
              "Latency p50/p95/p99, calls, errors, tokens and cost over time, by model, service, kind or name",
              "Rollups", "getRollups"),

@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 description of the JSON API, built from what the server really uses.
 
-Schemas come from the response Structs (web/models.py) through `msgspec.json.schema_components`, whose
+Schemas come from the response Structs (the read model, tracehouse.read.models, which the terminal's
+`--json` prints too, inside the envelopes of web/models.py) through `msgspec.json.schema_components`, whose
 JSON Schema 2020-12 output is what OpenAPI 3.1 speaks; query parameters come the same way from each
 endpoint's `Query` Struct (web/api.py), the one the server reads the query into: every parameter with
 its type, bounds (minimum/maximum, maxLength, enum) and default. A field or parameter added to the server

@@ -31,16 +31,13 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from msgspec import Meta, UnsetType
 
-NS = 1_000_000_000
+from tracehouse.read.times import NS, TIME_FORMS, TIME_RANGE, iso, ns_of, time_ns
+
 INT64_MAX = 2**63 - 1
 UINT32_MAX = 2**32 - 1
 MAX_TEXT_CHARS = 1024
 MAX_TIME_CHARS = 64
 
-_DURATION = re.compile(r"([0-9]+) ?([smhdw])")
-_EPOCH_MS = re.compile(r"[0-9]+")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
 SPAN_ID = re.compile(r"[0-9a-f]{16}")
 
@@ -69,15 +66,6 @@ def _shown(raw: str) -> str:
 # ---- times ----------------------------------------------------------------------------------------
 
 
-def _ns(moment: dt.datetime) -> int:
-    """An aware datetime as integer nanoseconds since the epoch, exactly (no float on the way)."""
-    return (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000
-
-
-MIN_TIME_NS = _ns(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc))
-MAX_TIME_NS = _ns(dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc)) + 999
-
-
 @dataclass(frozen=True)
 class TimeType:
     """The instants a ClickHouse time type holds, in nanoseconds since the epoch."""
@@ -94,42 +82,17 @@ class TimeType:
 
 
 # DateTime64(9) (traces.start_time, spans.start_time): 1900-01-01 to the largest Int64 nanosecond.
-DATETIME64_9 = TimeType("DateTime64(9)", _ns(dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)), INT64_MAX)
+DATETIME64_9 = TimeType("DateTime64(9)", ns_of(dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)), INT64_MAX)
 # DateTime (spans_minutely.minute) and the UInt32 seconds the rollup and services queries take.
 DATETIME = TimeType("DateTime", 0, UINT32_MAX * NS)
-
-TIME_FORMS = (
-    "a duration back from now (15m, 1h, 7d), an ISO-8601 time (UTC unless it has an offset) or epoch milliseconds"
-)
-TIME_RANGE = "between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
 
 
 def parse_time(name: str, text: str, now_ns: int) -> int:
     """A time parameter as nanoseconds since the epoch (Python's unbounded int: nothing wraps)."""
-    text = text.strip()
-    lowered = text.lower()
-    if len(text) > MAX_TIME_CHARS or not text.isascii():
-        ns = None  # `isdigit()` and `int()` take '²' and Arabic-Indic digits: only ASCII goes further
-    elif match := _DURATION.fullmatch(lowered):
-        ns = now_ns - int(match.group(1)) * _UNITS[match.group(2)] * NS
-    elif _EPOCH_MS.fullmatch(text):
-        ns = int(text) * 1_000_000
-    else:
-        try:
-            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            ns = None
-        else:
-            ns = _ns(moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc))
-    if ns is None or not MIN_TIME_NS <= ns <= MAX_TIME_NS:
-        raise bad(f"{name} must be {TIME_FORMS}, {TIME_RANGE}; got {_shown(text)}")
+    ns = time_ns(text, now_ns, max_chars=MAX_TIME_CHARS)
+    if ns is None:
+        raise bad(f"{name} must be {TIME_FORMS}, {TIME_RANGE}; got {_shown(text.strip())}")
     return ns
-
-
-def iso(ns: int) -> str:
-    """Nanoseconds since the epoch as ISO-8601 UTC with milliseconds and a Z."""
-    moment = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=ns // NS)  # naive UTC: isoformat adds no offset
-    return moment.isoformat(timespec="seconds") + f".{ns % NS // 1_000_000:03d}Z"
 
 
 # ---- declaring parameters ----------------------------------------------------------------------------

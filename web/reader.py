@@ -1,10 +1,6 @@
-"""Reading ClickHouse for the web API: one shared async client, named SQL files, bound parameters only.
-
-The SQL lives in `queries/*.sql` beside this module, in the same format as tracehouse.sinks.queries (a
-`-- name/description/params` header, then SQL with `{name:Type}` parameters), parsed by the same loader;
-the alerts and sessions endpoints reuse the CLI's own named queries (`alerts`, `sessions`, `session`: one
-read model, so `tracehouse session ID --json` and `GET /api/sessions/{id}` give the same answer). Nothing a
-request carries is ever formatted into SQL text.
+"""Reading ClickHouse for the web API: one shared async client running the read side's named queries
+(tracehouse.read.queries, the same SQL the terminal runs), with bound parameters only: nothing a request
+carries is ever formatted into SQL text.
 
 The client is created on first use, not at startup, so the server starts (and answers 503 with the
 reason) while ClickHouse is still down, and recovers by itself when it comes back. clickhouse-connect's
@@ -14,27 +10,13 @@ async client does its HTTP on the event loop; with no session id, concurrent req
 from __future__ import annotations
 
 import asyncio
-from importlib import resources
 from typing import Any
 
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
 from tracehouse.core.config import Settings
+from tracehouse.read.queries import NamedQuery
 from tracehouse.sinks.clickhouse import async_client
-from tracehouse.sinks.queries import NamedQuery, parse_query
-
-
-def load_web_queries() -> dict[str, NamedQuery]:
-    folder = resources.files("tracehouse.web") / "queries"
-    found: dict[str, NamedQuery] = {}
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".sql"):
-            query = parse_query(entry.read_text(encoding="utf-8"))
-            found[query.name] = query
-    return found
-
-
-WEB_QUERIES: dict[str, NamedQuery] = load_web_queries()
 
 
 class Reader:

@@ -19,13 +19,13 @@ sender is started on the first write, so an explorer that never writes never con
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import msgspec
 from aiohttp import web
 
+from tracehouse.core import settings
 from tracehouse.core.config import Settings
 from tracehouse.core.schema import SchemaError
 from tracehouse.core.scores import (
@@ -55,8 +55,8 @@ __all__ = [
     "post_score",
 ]
 
-WEB_WRITES_ENV = "TRACEHOUSE_WEB_WRITES"
-WEB_WRITE_TOKEN_ENV = "TRACEHOUSE_WEB_WRITE_TOKEN"
+WEB_WRITES_ENV = settings.WEB_WRITES.name
+WEB_WRITE_TOKEN_ENV = settings.WEB_WRITE_TOKEN.name
 SCORES_PATH = "/api/traces/{trace_id}/scores"
 ACK_TIMEOUT_S = 5.0  # longest wait for Kafka's acknowledgement before answering 503
 
@@ -96,9 +96,8 @@ class WebWrites:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WebWrites:
-        source = os.environ if env is None else env
-        tokens = tuple(t.strip() for t in (source.get(WEB_WRITE_TOKEN_ENV) or "").split(",") if t.strip())
-        flag = (source.get(WEB_WRITES_ENV) or "").strip().lower() in ("1", "true", "yes", "on")
+        tokens: tuple[str, ...] = settings.get(settings.WEB_WRITE_TOKEN, env) or ()
+        flag = bool(settings.get(settings.WEB_WRITES, env))
         return cls(enabled=flag or bool(tokens), tokens=tokens)
 
     def refusal(self, check: TokenCheck, authorization: str | None) -> ApiError | None:

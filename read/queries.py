@@ -1,9 +1,11 @@
-"""Named, parameterised SQL for the questions tracing answers (`tracehouse query NAME`).
+"""Named, parameterised SQL: the one loader of the read side's one SQL set (`tracehouse query NAME`, the
+`trace` and `session` commands and the web API all run these).
 
-Each `*.sql` file beside this module is one query, readable and copyable as it is: a header of
+Each `sql/*.sql` file beside this module is one query, readable and copyable as it is: a header of
 `-- name:`, `-- description:` and `-- params:` lines, then ClickHouse SQL whose inputs are bound
 parameters (`{name:Type}`) only — user input is never formatted into the text. `since` values such as
-"15m", "1h" or "7d" become the `since_seconds` parameter.
+"15m", "1h" or "7d" become the `since_seconds` parameter (tracehouse.read.times parses them).
+The queries only the web API runs are named `web-*`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from tracehouse.read.times import parse_duration
+
 _PARAM = re.compile(r"^\s*(\w+)\s+([\w()]+)\s*=\s*(.*?)\s*$")
-_DURATION = re.compile(r"^(\d+)\s*([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 @dataclass(frozen=True)
@@ -55,14 +57,6 @@ class NamedQuery:
         return bound
 
 
-def parse_duration(text: str) -> int:
-    """'90s', '15m', '1h', '7d', '2w' or plain seconds -> seconds."""
-    match = _DURATION.match(text.strip().lower())
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 15m, 1h, 7d)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
-
-
 def _unquote(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == "'" else value
 
@@ -85,13 +79,20 @@ def parse_query(text: str) -> NamedQuery:
     return NamedQuery(header["name"], header.get("description", ""), tuple(params), "\n".join(body).strip())
 
 
-def load_queries() -> dict[str, NamedQuery]:
-    found = {}
-    for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
+def query_files() -> dict[str, Any]:
+    """Query name -> the .sql file it comes from (the file users copy, e.g. into Grafana)."""
+    found: dict[str, Any] = {}
+    for entry in sorted((resources.files("tracehouse.read") / "sql").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".sql"):
-            query = parse_query(entry.read_text(encoding="utf-8"))
-            found[query.name] = query
+            name = parse_query(entry.read_text(encoding="utf-8")).name
+            if name in found:
+                raise ValueError(f"two queries are named {name}: {found[name].name} and {entry.name}")
+            found[name] = entry
     return found
+
+
+def load_queries() -> dict[str, NamedQuery]:
+    return {name: parse_query(entry.read_text(encoding="utf-8")) for name, entry in query_files().items()}
 
 
 QUERIES: dict[str, NamedQuery] = load_queries()
@@ -100,6 +101,13 @@ QUERIES: dict[str, NamedQuery] = load_queries()
 def run_query(client: Any, query: NamedQuery, values: dict[str, Any] | None = None) -> Any:
     """Run a named query with a clickhouse-connect sync client; returns its QueryResult."""
     return client.query(query.sql, parameters=query.bind(values or {}))
+
+
+def query_rows(client: Any, query: NamedQuery, values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A named query's rows as dicts (column name -> value), with a clickhouse-connect sync client."""
+    result = run_query(client, query, values)
+    columns = result.column_names
+    return [dict(zip(columns, row, strict=True)) for row in result.result_rows]
 
 
 async def run_query_async(client: Any, query: NamedQuery, values: dict[str, Any] | None = None) -> Any:

@@ -1,41 +1,39 @@
-"""ClickHouse rows -> the API's Structs. Pure functions (no I/O), so they are cheap to test and reason about.
-
-The trace's tree comes from tracehouse.sinks.trace_tree, the same code the terminal's `tracehouse trace`
-uses: depth, display order and orphans are identical in both views.
+"""Named queries' rows -> the read model (tracehouse.read.models). Pure functions (no I/O), so they are cheap
+to test and reason about, and the same for the terminal and the web API: a trace's depth, display order,
+orphans, totals and scores are computed here once (its tree by tracehouse.read.tree).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tracehouse.sinks.trace_tree import SpanNode, TraceTree, build_tree, node_from_row
-from tracehouse.web.models import (
+from tracehouse.read.models import (
     AlertChange,
-    DocumentOut,
-    EventOut,
-    ExceptionOut,
+    DocumentView,
+    EventView,
+    ExceptionView,
     FiringAlert,
     LatestScore,
-    LLMOut,
-    MessageOut,
+    LLMView,
+    MessageView,
     NamedCount,
-    PromptOut,
+    PromptView,
     RollupPoint,
     RollupSeries,
-    ScoreOut,
-    SessionDetail,
+    ScoreView,
     SessionSummary,
     SessionTurn,
-    SpanOut,
-    ToolCallOut,
-    TraceDetail,
+    SessionView,
+    SpanView,
+    ToolCallView,
     TraceSummary,
+    TraceView,
     TreeSpan,
 )
-from tracehouse.web.params import iso
+from tracehouse.read.times import iso, iso_of
+from tracehouse.read.tree import SpanNode, TraceTree, build_tree, node_from_row
 
 Row = dict[str, Any]
 
@@ -57,14 +55,6 @@ def finite(value: Any) -> float | None:
         return None
     number = float(value)
     return number if math.isfinite(number) else None
-
-
-def iso_of(value: Any) -> str:
-    """A datetime from clickhouse-connect as ISO-8601 UTC (naive ones are UTC, as the driver returns them)."""
-    if isinstance(value, dt.datetime):
-        moment = value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return str(value)
 
 
 # ---- scores -----------------------------------------------------------------------------------------
@@ -89,7 +79,7 @@ def latest_scores(items: Iterable[Row]) -> list[LatestScore]:
 
 
 def trace_scores(rows: Sequence[Row]) -> tuple[list[LatestScore], list[LatestScore]]:
-    """Rows of web-trace-scores.sql (the latest per span and name) as the trace header's list (the latest
+    """Rows of sql/trace-scores.sql (the latest per span and name) as the trace header's list (the latest
     per name over the whole trace) and the span panels' (those on a span)."""
     per_span = [
         LatestScore(
@@ -152,20 +142,20 @@ def trace_summary(row: Row) -> TraceSummary:
 # ---- one span, one trace ----------------------------------------------------------------------------
 
 
-def _messages(items: Iterable[Row]) -> list[MessageOut]:
+def _messages(items: Iterable[Row]) -> list[MessageView]:
     return [
-        MessageOut(
+        MessageView(
             m["role"], m["content"], m["name"], m["tool_call_id"],
-            [ToolCallOut(t["id"], t["name"], t["arguments"]) for t in m["tool_calls"]],
+            [ToolCallView(t["id"], t["name"], t["arguments"]) for t in m["tool_calls"]],
         )
         for m in items
     ]  # fmt: skip
 
 
-def _llm(row: Row) -> LLMOut | None:
+def _llm(row: Row) -> LLMView | None:
     if row["kind"] != "LLM" and not row["model"]:
         return None
-    return LLMOut(
+    return LLMView(
         provider=row["provider"],
         model=row["model"],
         temperature=finite(row["temperature"]),
@@ -180,24 +170,24 @@ def _llm(row: Row) -> LLMOut | None:
     )
 
 
-def _prompt(row: Row) -> PromptOut | None:
+def _prompt(row: Row) -> PromptView | None:
     if not (row["prompt_template"] or row["prompt_text_cut"] or row["prompt_variables"]):
         return None
     variables = dict(row["prompt_variables"])
-    return PromptOut(row["prompt_template"], row["prompt_version"], row["prompt_text_cut"], variables)
+    return PromptView(row["prompt_template"], row["prompt_version"], row["prompt_text_cut"], variables)
 
 
-def span_out(row: Row, trace_start_ns: int, cls: type[SpanOut] = SpanOut, **tree: Any) -> SpanOut:
-    """One span row (from web-trace-spans.sql) as the API's span; `tree` adds TreeSpan's fields."""
+def span_out(row: Row, trace_start_ns: int, cls: type[SpanView] = SpanView, **tree: Any) -> SpanView:
+    """One span row (from sql/trace-spans.sql) as the API's span; `tree` adds TreeSpan's fields."""
     start_ns = int(row["start_ns"])
-    exceptions: list[ExceptionOut] = []
-    events: list[EventOut] = []
+    exceptions: list[ExceptionView] = []
+    events: list[EventView] = []
     for event in row["event_list"]:
         attributes = event["attributes"]
         offset = int(event["time_ns"]) - trace_start_ns
         if event["name"] == "exception":
             exceptions.append(
-                ExceptionOut(
+                ExceptionView(
                     offset,
                     attributes.get("exception.type", ""),
                     attributes.get("exception.message", ""),
@@ -205,9 +195,9 @@ def span_out(row: Row, trace_start_ns: int, cls: type[SpanOut] = SpanOut, **tree
                 )
             )
         else:
-            events.append(EventOut(event["name"], offset, dict(attributes)))
+            events.append(EventView(event["name"], offset, dict(attributes)))
     documents = sorted(
-        (DocumentOut(int(d["position"]), d["id"], d["content"], finite(d["score"]), dict(d["metadata"]))
+        (DocumentView(int(d["position"]), d["id"], d["content"], finite(d["score"]), dict(d["metadata"]))
          for d in row["document_list"]),
         key=lambda d: d.position,
     )  # fmt: skip
@@ -235,7 +225,7 @@ def span_out(row: Row, trace_start_ns: int, cls: type[SpanOut] = SpanOut, **tree
         documents=documents,
         exceptions=exceptions,
         events=events,
-        scores=[ScoreOut(s["name"], finite(s["value"]), s["label"], s["source"], s["comment"]) for s in row["scores"]],
+        scores=[ScoreView(s["name"], finite(s["value"]), s["label"], s["source"], s["comment"]) for s in row["scores"]],
         attributes=dict(row["attributes"]),
         resource_attributes=dict(row["resource_attributes"]),
         session_id=row["session_id"],
@@ -251,9 +241,9 @@ def _first(values: Iterable[str]) -> str:
 
 def trace_detail(
     trace_id: str, rows: Sequence[Row], *, max_chars: int, truncated: bool, score_rows: Sequence[Row] = ()
-) -> TraceDetail | None:
+) -> TraceView | None:
     """The trace as its tree in display order, each span with its details, and its latest scores (rows of
-    web-trace-scores.sql); None when there are no spans."""
+    sql/trace-scores.sql); None when there are no spans."""
     nodes: list[SpanNode] = []
     for row in rows:
         node = node_from_row(row)
@@ -271,7 +261,7 @@ def trace_detail(
     root = next((s for s in tree.spans if s.depth == 0 and not s.orphan), tree.spans[0])
     ordered = [root, *tree.spans]
     overall, on_spans = trace_scores(score_rows)
-    return TraceDetail(
+    return TraceView(
         trace_id=trace_id,
         root_name=root.name,
         root_span_id=root.span_id,
@@ -348,7 +338,7 @@ def session_turn(index: int, row: Row) -> SessionTurn:
     )
 
 
-def session_detail(session_id: str, rows: Sequence[Row], *, max_chars: int, truncated: bool) -> SessionDetail | None:
+def session_detail(session_id: str, rows: Sequence[Row], *, max_chars: int, truncated: bool) -> SessionView | None:
     """The conversation in order (rows of the named query `session`); None when no trace has this session id.
     The terminal's `tracehouse session ID --json` prints this same Struct."""
     turns = [session_turn(i, row) for i, row in enumerate(rows, start=1)]
@@ -356,7 +346,7 @@ def session_detail(session_id: str, rows: Sequence[Row], *, max_chars: int, trun
         return None
     first_ns = int(rows[0]["start_ns"])
     end_ns = max(int(r["start_ns"]) + int(r["duration_ns"]) for r in rows)
-    return SessionDetail(
+    return SessionView(
         session_id=session_id,
         user_id=_first(t.user_id for t in turns),
         turn_count=len(turns),
@@ -381,7 +371,7 @@ def _ms(ns: Any) -> float | None:
 
 
 def rollup_series(rows: Sequence[Row], max_groups: int) -> tuple[list[RollupSeries], int]:
-    """Rows of web-rollups.sql as one series per group, the busiest `max_groups` first; and how many
+    """Rows of sql/rollups.sql as one series per group, the busiest `max_groups` first; and how many
     groups were left out (a chart with fifty lines says nothing)."""
     series: dict[str, RollupSeries] = {}
     for row in rows:

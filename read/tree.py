@@ -35,7 +35,6 @@ class SpanNode:
     cost_usd: float
     depth: int = 0
     orphan: bool = False
-    guides: str = ""  # tree-drawing prefix for the waterfall's name column
     children: list[SpanNode] = field(default_factory=list)
     details: dict[str, Any] | None = None
 
@@ -122,25 +121,18 @@ def build_tree(trace_id: str, nodes: Sequence[SpanNode]) -> TraceTree:
     seen: set[str] = set()
 
     def walk(top: SpanNode) -> None:
-        # iterative depth-first walk; (node, depth, guides of its ancestors, is last sibling)
-        stack: list[tuple[SpanNode, int, str, bool]] = [(top, 0, "", True)]
+        # iterative depth-first walk: (node, depth)
+        stack: list[tuple[SpanNode, int]] = [(top, 0)]
         while stack:
-            node, depth, above, last = stack.pop()
+            node, depth = stack.pop()
             if node.span_id in seen:
                 continue
             seen.add(node.span_id)
             node.depth = depth
-            if depth == 0:
-                node.guides = ""
-            elif depth > MAX_GUIDE_DEPTH:
-                node.guides = f"┆{depth} " + ("└─ " if last else "├─ ")
-            else:
-                node.guides = above + ("└─ " if last else "├─ ")
             display.append(node)
-            below = "" if depth == 0 else above + ("   " if last else "│  ")
             kids = node.children
             for i in range(len(kids) - 1, -1, -1):
-                stack.append((kids[i], depth + 1, below, i == len(kids) - 1))
+                stack.append((kids[i], depth + 1))
 
     for top in tops:
         walk(top)
@@ -150,3 +142,35 @@ def build_tree(trace_id: str, nodes: Sequence[SpanNode]) -> TraceTree:
             node.orphan = True
             walk(node)
     return TraceTree(trace_id, display)
+
+
+def guides(depths: Sequence[int]) -> list[str]:
+    """Each span's tree-drawing prefix for a name column ("├─ ", "│  └─ ", ...), from the depths of the
+    spans in display order (a view carries depths, so any renderer can draw the tree from them).
+
+    A span is the last of its siblings when no later span has its depth before one shallower than it;
+    one backward pass finds that, one forward pass joins the ancestors' rails.
+    """
+    last = [True] * len(depths)
+    sibling_after: list[bool] = []  # [d]: a later span at depth d shares the parent of the current one
+    for i in range(len(depths) - 1, -1, -1):
+        depth = depths[i]
+        if len(sibling_after) <= depth:
+            sibling_after.extend([False] * (depth + 1 - len(sibling_after)))
+        last[i] = not sibling_after[depth]
+        sibling_after[depth] = True
+        del sibling_after[depth + 1 :]
+    found: list[str] = []
+    below: list[str] = []  # [d]: the rails a child of the current span at depth d starts with
+    for depth, is_last in zip(depths, last, strict=True):
+        branch = "└─ " if is_last else "├─ "
+        above = below[depth - 1] if depth else ""
+        if depth == 0:
+            found.append("")
+        elif depth > MAX_GUIDE_DEPTH:
+            found.append(f"┆{depth} {branch}")
+        else:
+            found.append(above + branch)
+        del below[depth:]
+        below.append("" if depth == 0 else above + ("   " if is_last else "│  "))
+    return found
