@@ -5,7 +5,7 @@ of three LLM applications (RAG, agent, chat; text from a small built-in corpus) 
 transport, with a burst of rate-limited calls that trips the built-in `rate-limits` alert rule. The
 traffic is dated over the past minute so the demo need not wait a minute for a rule's window to end;
 while it waits, a trickle of live traffic keeps the stream's event time moving, which is what closes the
-last windows (a window closes on event time plus a grace, see pipeline/stages.py).
+last windows (a window closes on event time plus a grace, see pipeline/partition_windows.py).
 
 It waits, with a bound, until every span is queryable, every trace is assembled in `traces`, the 10 s
 windows of its traffic are closed in `rollups` with counts that match what it sent, and the alert has
@@ -17,7 +17,6 @@ non-zero exit means something was lost or late: the demo doubles as a smoke test
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
 import time
 import uuid
@@ -28,13 +27,14 @@ from rich.console import Console
 from rich.table import Table
 
 from tracehouse.cli.query import print_table
+from tracehouse.core import settings as env
 from tracehouse.core.config import Settings
 from tracehouse.core.schema import Span
 from tracehouse.infra.stack import LocalStack
 from tracehouse.producers.traffic import TraceFactory, TrafficOptions, shift_trace, trace_end_ns
 from tracehouse.producers.transport import SpanTransport
+from tracehouse.read.queries import QUERIES, run_query
 from tracehouse.sinks.clickhouse import sync_client
-from tracehouse.sinks.queries import QUERIES, run_query
 
 DEMO_ANSWERS = (
     ("1. Latency: slowest LLM and retriever calls", "slowest-calls", {"limit": 5}),
@@ -281,7 +281,8 @@ def _print_card(console: Console, client, settings: Settings, sent: Sent, progre
                 ids: list[str], lo: int, hi: int, minute: int) -> None:  # fmt: skip
     """What the stream processor made of the traffic: traces, windows, one waterfall, top, the alert."""
     from tracehouse.cli.top import TopOptions, read_snapshot, render, top_request
-    from tracehouse.cli.trace_view import _summary, load_trace, waterfall
+    from tracehouse.cli.trace_view import _summary, waterfall
+    from tracehouse.read.traces import load_trace
 
     all_traces = _count(
         client, "SELECT count() FROM traces FINAL WHERE trace_id IN {ids:Array(String)}", ids=sent.trace_ids
@@ -339,8 +340,8 @@ def _print_card(console: Console, client, settings: Settings, sent: Sent, progre
 
 
 def _print_next_steps(console: Console, settings: Settings, keep: bool) -> None:
-    web_port = os.environ.get("TRACEHOUSE_WEB_PORT", "8787")
-    receiver_port = os.environ.get("TRACEHOUSE_RECEIVER_PORT", "4318")
+    web_port = env.get(env.WEB_PORT)
+    receiver_port = env.get(env.RECEIVER_PORT)
     steps = [
         *([] if keep else [("tracehouse up", "the stack in the foreground, with the explorer and the receiver")]),
         (f"http://127.0.0.1:{web_port}/", "the web explorer: traces, waterfalls, charts, alerts"),

@@ -1,37 +1,31 @@
-"""Settings shared by every tracehouse process, read from `TRACEHOUSE_*` environment variables.
+"""Settings shared by every tracehouse process, from the `TRACEHOUSE_*` variables core/settings.py declares.
 
-One place defines the names and defaults so the SDK, the worker, the sink and the CLI agree; CLI flags
-override by building a `Settings` with explicit values.
+core/settings.py holds the names, defaults and parsing so the SDK, the worker, the sink and the CLI agree;
+this is the connection-level view most processes need. CLI flags override by building a `Settings` with
+explicit values.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tracehouse.core.secrets import clickhouse_password, clickhouse_tls_options
+from tracehouse.core import settings as env
+from tracehouse.core.secrets import clickhouse_tls_options
 from tracehouse.core.topics import TopicSpec, topic_specs
 
-DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
-DEFAULT_CLICKHOUSE_URL = "http://127.0.0.1:8123"
-DEFAULT_DATA_DIR = "./.tracehouse"
-# Users (passwords as SHA-256, readonly levels) of the embedded ClickHouse server, a TOML file; unset: any
-# user. Read by `tracehouse clickhouse` (infra/clickhouse/access.py describes the file).
-CLICKHOUSE_USERS_FILE_ENV = "TRACEHOUSE_CLICKHOUSE_USERS_FILE"
-# The user the pipeline's processes connect as; its password: TRACEHOUSE_CLICKHOUSE_PASSWORD(_FILE), core/secrets.py
-CLICKHOUSE_USER_ENV = "TRACEHOUSE_CLICKHOUSE_USER"
+# The defaults are declared with their variables in core/settings.py; these names are kept for importers.
+DEFAULT_KAFKA_BOOTSTRAP: str = env.KAFKA_BOOTSTRAP.default  # type: ignore[assignment]
+DEFAULT_CLICKHOUSE_URL: str = env.CLICKHOUSE_URL.default  # type: ignore[assignment]
+DEFAULT_DATA_DIR = str(env.DATA_DIR.default)
+CLICKHOUSE_USERS_FILE_ENV = env.CLICKHOUSE_USERS_FILE.name
+CLICKHOUSE_USER_ENV = env.CLICKHOUSE_USER.name
 # Health endpoints (`GET /health/live`, `/health/ready`) of the worker and the sink; 0 turns them off.
 # Clear of the receiver (4318), the web UI (8787), ClickHouse (8123) and the sink's metrics (9464).
-DEFAULT_WORKER_HEALTH_PORT = 9465
-DEFAULT_SINK_HEALTH_PORT = 9466
-DEFAULT_HEALTH_HOST = "127.0.0.1"
-
-
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+DEFAULT_WORKER_HEALTH_PORT: int = env.WORKER_HEALTH_PORT.default  # type: ignore[assignment]
+DEFAULT_SINK_HEALTH_PORT: int = env.SINK_HEALTH_PORT.default  # type: ignore[assignment]
+DEFAULT_HEALTH_HOST: str = env.WORKER_HEALTH_HOST.default  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -104,22 +98,22 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         base = cls(
-            kafka_bootstrap=_env("TRACEHOUSE_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP),
-            clickhouse_url=_env("TRACEHOUSE_CLICKHOUSE_URL", DEFAULT_CLICKHOUSE_URL),
-            clickhouse_user=os.environ.get(CLICKHOUSE_USER_ENV) or None,
-            clickhouse_password=clickhouse_password(),
-            clickhouse_database=os.environ.get("TRACEHOUSE_CLICKHOUSE_DATABASE") or None,
-            data_dir=Path(_env("TRACEHOUSE_DATA_DIR", DEFAULT_DATA_DIR)),
-            service=_env("TRACEHOUSE_SERVICE", _env("OTEL_SERVICE_NAME", "unknown_service")),
-            spans_partitions=int(_env("TRACEHOUSE_SPANS_PARTITIONS", "4")),
-            worker_group=_env("TRACEHOUSE_WORKER_GROUP", "tracehouse-worker"),
-            sink_group=_env("TRACEHOUSE_SINK_GROUP", "tracehouse-sink"),
-            topic_replication_factor=int(_env("TRACEHOUSE_TOPIC_REPLICATION_FACTOR", "1")),
-            worker_health_host=_env("TRACEHOUSE_WORKER_HEALTH_HOST", DEFAULT_HEALTH_HOST),
-            worker_health_port=int(_env("TRACEHOUSE_WORKER_HEALTH_PORT", str(DEFAULT_WORKER_HEALTH_PORT))),
-            sink_health_host=_env("TRACEHOUSE_SINK_HEALTH_HOST", DEFAULT_HEALTH_HOST),
-            sink_health_port=int(_env("TRACEHOUSE_SINK_HEALTH_PORT", str(DEFAULT_SINK_HEALTH_PORT))),
-        )
+            kafka_bootstrap=env.get(env.KAFKA_BOOTSTRAP),
+            clickhouse_url=env.get(env.CLICKHOUSE_URL),
+            clickhouse_user=env.get(env.CLICKHOUSE_USER),
+            clickhouse_password=env.get(env.CLICKHOUSE_PASSWORD),
+            clickhouse_database=env.get(env.CLICKHOUSE_DATABASE),
+            data_dir=env.get(env.DATA_DIR),
+            service=env.get(env.SERVICE),
+            spans_partitions=env.get(env.SPANS_PARTITIONS),
+            worker_group=env.get(env.WORKER_GROUP),
+            sink_group=env.get(env.SINK_GROUP),
+            topic_replication_factor=env.get(env.TOPIC_REPLICATION_FACTOR),
+            worker_health_host=env.get(env.WORKER_HEALTH_HOST),
+            worker_health_port=env.get(env.WORKER_HEALTH_PORT),
+            sink_health_host=env.get(env.SINK_HEALTH_HOST),
+            sink_health_port=env.get(env.SINK_HEALTH_PORT),
+        )  # type: ignore[arg-type]
         given = {k: v for k, v in overrides.items() if v is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(given["data_dir"])  # type: ignore[arg-type]

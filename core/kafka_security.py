@@ -26,14 +26,14 @@ file that does not exist. TLS always verifies the broker's certificate and host 
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tracehouse.core.secrets import SecretError, secret
+from tracehouse.core import settings
+from tracehouse.core.settings import SecretError
 
 __all__ = [
     "MECHANISMS",
@@ -48,14 +48,15 @@ __all__ = [
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
-PROTOCOL_ENV = "TRACEHOUSE_KAFKA_SECURITY_PROTOCOL"
-MECHANISM_ENV = "TRACEHOUSE_KAFKA_SASL_MECHANISM"
-USERNAME_ENV = "TRACEHOUSE_KAFKA_SASL_USERNAME"
-PASSWORD_ENV = "TRACEHOUSE_KAFKA_SASL_PASSWORD"
-CAFILE_ENV = "TRACEHOUSE_KAFKA_SSL_CAFILE"
-CERTFILE_ENV = "TRACEHOUSE_KAFKA_SSL_CERTFILE"
-KEYFILE_ENV = "TRACEHOUSE_KAFKA_SSL_KEYFILE"
-KEY_PASSWORD_ENV = "TRACEHOUSE_KAFKA_SSL_KEY_PASSWORD"
+# The variables are declared in core/settings.py; these names are what the messages below use.
+PROTOCOL_ENV = settings.KAFKA_SECURITY_PROTOCOL.name
+MECHANISM_ENV = settings.KAFKA_SASL_MECHANISM.name
+USERNAME_ENV = settings.KAFKA_SASL_USERNAME.name
+PASSWORD_ENV = settings.KAFKA_SASL_PASSWORD.name
+CAFILE_ENV = settings.KAFKA_SSL_CAFILE.name
+CERTFILE_ENV = settings.KAFKA_SSL_CERTFILE.name
+KEYFILE_ENV = settings.KAFKA_SSL_KEYFILE.name
+KEY_PASSWORD_ENV = settings.KAFKA_SSL_KEY_PASSWORD.name
 
 
 class KafkaSecurityError(ValueError):
@@ -86,23 +87,22 @@ class KafkaSecurity:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSecurity:
         """Read and validate the `TRACEHOUSE_KAFKA_*` security variables; raises KafkaSecurityError."""
-        source = os.environ if env is None else env
         try:
-            username = secret(USERNAME_ENV, source)
-            password = secret(PASSWORD_ENV, source)
-            key_password = secret(KEY_PASSWORD_ENV, source)
+            username = settings.get(settings.KAFKA_SASL_USERNAME, env)
+            password = settings.get(settings.KAFKA_SASL_PASSWORD, env)
+            key_password = settings.get(settings.KAFKA_SSL_KEY_PASSWORD, env)
         except SecretError as exc:
             raise KafkaSecurityError(str(exc)) from None
-        protocol = _normalise(source.get(PROTOCOL_ENV)) or "PLAINTEXT"
-        mechanism = (source.get(MECHANISM_ENV) or "").strip().upper().replace("_", "-") or None
+        protocol = _normalise(settings.raw(settings.KAFKA_SECURITY_PROTOCOL, env)) or "PLAINTEXT"
+        mechanism = (settings.raw(settings.KAFKA_SASL_MECHANISM, env) or "").strip().upper().replace("_", "-") or None
         security = cls(
             protocol=protocol,
             sasl_mechanism=mechanism,
             username=username,
             password=password,
-            cafile=source.get(CAFILE_ENV) or None,
-            certfile=source.get(CERTFILE_ENV) or None,
-            keyfile=source.get(KEYFILE_ENV) or None,
+            cafile=settings.raw(settings.KAFKA_SSL_CAFILE, env),
+            certfile=settings.raw(settings.KAFKA_SSL_CERTFILE, env),
+            keyfile=settings.raw(settings.KAFKA_SSL_KEYFILE, env),
             key_password=key_password,
         )
         security.validate()

@@ -2,7 +2,8 @@
 
 `secret("NAME")` reads `NAME`, or the file named by `NAME_FILE` (the Docker / Kubernetes convention: mount
 a Secret as a file and point the variable at it, so the value is not in the process environment, in
-`docker inspect` or in a crash dump of the environment). Setting both is an error rather than a silent
+`docker inspect` or in a crash dump of the environment); it lives in core/settings.py, the one module that
+reads the environment, and is re-exported here. Setting both is an error rather than a silent
 choice. One trailing newline is dropped from a file (editors and `echo` add one); nothing else is
 stripped, since spaces can be part of a password.
 
@@ -19,10 +20,12 @@ ClickHouse: `clickhouse_password()` reads `TRACEHOUSE_CLICKHOUSE_PASSWORD` or
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from tracehouse.core import settings
+from tracehouse.core.settings import SecretError, secret
 
 __all__ = [
     "CLICKHOUSE_CA_ENV",
@@ -35,41 +38,9 @@ __all__ = [
     "secret",
 ]
 
-CLICKHOUSE_PASSWORD_ENV = "TRACEHOUSE_CLICKHOUSE_PASSWORD"
-CLICKHOUSE_CA_ENV = "TRACEHOUSE_CLICKHOUSE_CA"
+CLICKHOUSE_PASSWORD_ENV = settings.CLICKHOUSE_PASSWORD.name
+CLICKHOUSE_CA_ENV = settings.CLICKHOUSE_CA.name
 MASK = "***"
-
-
-class SecretError(ValueError):
-    """A secret is configured wrongly (both forms set, file unreadable). The message names the variables
-    and the file path, never the value."""
-
-
-def secret(name: str, env: Mapping[str, str] | None = None, *, default: str | None = None) -> str | None:
-    """The value of `name`, else the contents of the file named by `name + "_FILE"`, else `default`.
-
-    An empty variable counts as unset. Raises SecretError when both are set or the file cannot be read:
-    starting without a credential the operator meant to give would only fail later, less clearly.
-    """
-    source = os.environ if env is None else env
-    file_var = f"{name}_FILE"
-    value = source.get(name) or None
-    path = source.get(file_var) or None
-    if value is not None and path is not None:
-        raise SecretError(f"set {name} or {file_var}, not both")
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SecretError(f"{file_var}={path}: cannot read the file ({exc.strerror or exc})") from None
-        except UnicodeDecodeError:
-            raise SecretError(f"{file_var}={path}: the file is not UTF-8 text") from None
-        if text.endswith("\r\n"):
-            text = text[:-2]
-        elif text.endswith("\n"):
-            text = text[:-1]
-        return text
-    return value if value is not None else default
 
 
 # ---- redaction ----------------------------------------------------------------------------------
@@ -123,7 +94,7 @@ class RedactingFilter(logging.Filter):
 def clickhouse_password(env: Mapping[str, str] | None = None) -> str | None:
     """`TRACEHOUSE_CLICKHOUSE_PASSWORD` or the contents of `TRACEHOUSE_CLICKHOUSE_PASSWORD_FILE`; None when
     neither is set (then the URL's password, or none, applies)."""
-    return secret(CLICKHOUSE_PASSWORD_ENV, env)
+    return settings.get(settings.CLICKHOUSE_PASSWORD, env)
 
 
 def clickhouse_tls_options(secure: bool, env: Mapping[str, str] | None = None) -> dict[str, object]:
@@ -134,8 +105,7 @@ def clickhouse_tls_options(secure: bool, env: Mapping[str, str] | None = None) -
     Raises SecretError when the CA is set for a plain-HTTP URL (it would silently do nothing) or the file
     is missing.
     """
-    source = os.environ if env is None else env
-    ca = source.get(CLICKHOUSE_CA_ENV) or None
+    ca = settings.raw(settings.CLICKHOUSE_CA, env)
     if ca is None:
         return {}
     if not secure:

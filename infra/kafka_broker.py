@@ -39,6 +39,7 @@ from types import TracebackType
 
 # Topic administration lives in core (the CLI, the stack and the tests use it against any Kafka); the
 # names stay importable from here for the benchmarks and tests that start a broker and make topics on it.
+from tracehouse.core import settings as env
 from tracehouse.core.topic_admin import create_topics, ensure_topics  # noqa: F401
 from tracehouse.infra.ports import free_port
 from tracehouse.infra.processes import ServerProcess
@@ -77,7 +78,7 @@ def kafka_version() -> str:
 
     Read from the pom so the version lives in exactly one place.
     """
-    override = os.environ.get("TRACEHOUSE_KAFKA_VERSION")
+    override = env.get(env.KAFKA_VERSION)
     if override:
         return override
     match = re.search(r"<kafka\.version>\s*([^<\s]+)\s*</kafka\.version>", POM_PATH.read_text())
@@ -91,9 +92,9 @@ def kafka_jars_dir() -> Path:
 
     A per-version cache directory lets CI cache it as one unit and lets versions coexist.
     """
-    override = os.environ.get("TRACEHOUSE_KAFKA_JARS")
-    if override:
-        return Path(override).expanduser()
+    override = env.get(env.KAFKA_JARS)
+    if override is not None:
+        return override.expanduser()
     return Path.home() / ".cache" / "tracehouse" / f"kafka-{kafka_version()}"
 
 
@@ -387,7 +388,7 @@ class KafkaBroker(ServerProcess):
         return props
 
     def _java_cmd(self, jars: Path, main_class: str, *args: str) -> list[str]:
-        extra = shlex.split(os.environ.get("TRACEHOUSE_KAFKA_JVM_OPTS", ""))
+        extra = shlex.split(env.get(env.KAFKA_JVM_OPTS) or "")
         log4j = (self.data_dir / "log4j.properties").as_uri()
         return [
             _java_executable(),

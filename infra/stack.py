@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tracehouse.core.config import CLICKHOUSE_USER_ENV, CLICKHOUSE_USERS_FILE_ENV, Settings
+from tracehouse.core import settings as setting_vars
+from tracehouse.core.config import CLICKHOUSE_USER_ENV, Settings
 from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.secrets import CLICKHOUSE_PASSWORD_ENV
 from tracehouse.core.topic_admin import TopicAdminError, ensure_topics
@@ -67,7 +67,7 @@ class LocalStack:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if not clickhouse_answers(settings.clickhouse_url):
             users_file = None
-            if not os.environ.get(CLICKHOUSE_USERS_FILE_ENV) and settings.clickhouse_user is None:
+            if not setting_vars.is_set(setting_vars.CLICKHOUSE_USERS_FILE) and settings.clickhouse_user is None:
                 users_file, self.password_file = local_users(settings.data_dir)
                 password = self.password_file.read_text().strip()
                 self.settings = settings = replace(settings, clickhouse_user=WRITER, clickhouse_password=password)
@@ -113,13 +113,13 @@ class LocalStack:
     def child_env(self) -> dict[str, str]:
         s = self.settings
         return {
-            "TRACEHOUSE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "TRACEHOUSE_CLICKHOUSE_URL": s.clickhouse_url,
-            "TRACEHOUSE_CLICKHOUSE_DATABASE": s.clickhouse.database,
-            "TRACEHOUSE_DATA_DIR": str(s.data_dir),
-            "TRACEHOUSE_WORKER_GROUP": s.worker_group,
-            "TRACEHOUSE_SINK_GROUP": s.sink_group,
-            "TRACEHOUSE_SPANS_PARTITIONS": str(self.partitions or s.spans_partitions),
+            setting_vars.KAFKA_BOOTSTRAP.name: s.kafka_bootstrap,
+            setting_vars.CLICKHOUSE_URL.name: s.clickhouse_url,
+            setting_vars.CLICKHOUSE_DATABASE.name: s.clickhouse.database,
+            setting_vars.DATA_DIR.name: str(s.data_dir),
+            setting_vars.WORKER_GROUP.name: s.worker_group,
+            setting_vars.SINK_GROUP.name: s.sink_group,
+            setting_vars.SPANS_PARTITIONS.name: str(self.partitions or s.spans_partitions),
             **({_USER_ENV: WRITER, _PASSWORD_FILE_ENV: str(self.password_file)} if self.password_file else {}),
         }
 
@@ -171,8 +171,8 @@ def run_up(settings: Settings, *, partitions: int | None = None) -> int:
         s = stack.settings
         console.print(f"Kafka:      {s.kafka_bootstrap}")
         console.print(f"ClickHouse: {s.clickhouse_url}  (database {s.clickhouse.database})")
-        receiver_port = os.environ.get("TRACEHOUSE_RECEIVER_PORT", "4318")
-        web_port = os.environ.get("TRACEHOUSE_WEB_PORT", "8787")
+        receiver_port = setting_vars.get(setting_vars.RECEIVER_PORT)
+        web_port = setting_vars.get(setting_vars.WEB_PORT)
         console.print(f"OTLP/HTTP:  http://127.0.0.1:{receiver_port}/v1/traces (receiver)")
         console.print(f"explorer:   http://127.0.0.1:{web_port}/ (web)")
         console.print(f"logs:       {stack.log_dir}")

@@ -13,11 +13,11 @@ block it: build, redaction and submit failures are counted in `stats()`, not pro
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any, Protocol
 
+from tracehouse.core import settings as env
 from tracehouse.core.config import Settings
 from tracehouse.core.schema import SPAN_KINDS, Span
 
@@ -37,13 +37,6 @@ class SpanSink(Protocol):
     """What a tracer needs from a transport; `flush`, `shutdown` and `stats` are used when present."""
 
     def submit(self, span: Span) -> bool: ...
-
-
-def _env_flag(name: str) -> bool | None:
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return None
-    return value in ("1", "true", "yes", "on")
 
 
 def _sdk_version() -> str:
@@ -242,12 +235,11 @@ def configure(
     """
     settings = Settings.from_env(service=service, kafka_bootstrap=bootstrap)
     if disabled is None:
-        disabled = bool(_env_flag("TRACEHOUSE_DISABLED"))
+        disabled = bool(env.get(env.DISABLED))
     if capture_io is None:
-        env_capture = _env_flag("TRACEHOUSE_CAPTURE_IO")
-        capture_io = True if env_capture is None else env_capture
+        capture_io = bool(env.get(env.CAPTURE_IO))
     if max_payload_bytes is None:
-        max_payload_bytes = int(os.environ.get("TRACEHOUSE_MAX_PAYLOAD_BYTES") or DEFAULT_MAX_PAYLOAD_BYTES)
+        max_payload_bytes = env.get(env.MAX_PAYLOAD_BYTES) or DEFAULT_MAX_PAYLOAD_BYTES
     owns = False
     if disabled:
         transport = None

@@ -1,13 +1,12 @@
 """The production deployment files (deploy/) and ClickHouse cluster mode (sinks/cluster.py), checked without
 Docker or Kubernetes: every file parses, images are pinned, every `tracehouse` command line parses with the
-real CLI parser, every TRACEHOUSE_* variable is one the code reads, ports agree, and every SQL statement a
-dashboard or the cluster DDL holds runs on the real ClickHouse engine (chdb, in a subprocess) against the
-schema the migrations create.
+real CLI parser, every TRACEHOUSE_* variable is a setting core/settings.py declares, ports agree, and every
+SQL statement a dashboard or the cluster DDL holds runs on the real ClickHouse engine (chdb, in a
+subprocess) against the schema the migrations create.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import subprocess
@@ -22,14 +21,16 @@ import yaml
 
 from tracehouse.cli.main import COMMANDS, build_parser
 from tracehouse.core.config import parse_clickhouse_url
+from tracehouse.core.settings import declared_names
+from tracehouse.read.queries import QUERIES
 from tracehouse.sinks.cluster import (
+    NODE_LOCAL_ENGINES,
     cluster_statements,
     cluster_tables,
     migrations_table_statements,
     transform_statement,
 )
 from tracehouse.sinks.ddl import MIGRATIONS, MIGRATIONS_TABLE, Migration, render
-from tracehouse.sinks.queries import QUERIES
 
 try:
     import tomllib
@@ -106,51 +107,13 @@ def source_dirs() -> list[Path]:
 
 
 def env_names_read_by_code() -> set[str]:
-    """TRACEHOUSE_* names in the code's string literals (docstrings and comments do not count), plus
-    NAME_FILE for every NAME the code reads through `secret(NAME)` (core/secrets.py)."""
-    names: set[str] = set()
-    via_secret: set[str] = set()
-    for folder in source_dirs():
-        for path in folder.rglob("*.py"):
-            tree = ast.parse(path.read_text(encoding="utf-8"))
-            docstrings = {
-                id(node.body[0].value)
-                for node in ast.walk(tree)
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                and node.body
-                and isinstance(node.body[0], ast.Expr)
-                and isinstance(node.body[0].value, ast.Constant)
-            }
-            constants: dict[str, str] = {}
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-                    if ENV_NAME.fullmatch(node.value):
-                        names.add(node.value)
-                if (
-                    isinstance(node, ast.Assign)
-                    and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name)
-                    and isinstance(node.value, ast.Constant)
-                    and isinstance(node.value.value, str)
-                ):
-                    constants[node.targets[0].id] = node.value.value
-            for node in ast.walk(tree):
-                if not (isinstance(node, ast.Call) and node.args):
-                    continue
-                func = node.func
-                called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-                if called != "secret":
-                    continue
-                arg = node.args[0]
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    via_secret.add(arg.value)
-                elif isinstance(arg, ast.Name) and arg.id in constants:
-                    via_secret.add(constants[arg.id])
-    return names | {f"{name}_FILE" for name in via_secret if ENV_NAME.fullmatch(name)}
+    """Every TRACEHOUSE_* name the code reads: the settings core/settings.py declares (the only module that
+    reads them), with NAME_FILE where a file may stand in for a secret."""
+    return declared_names()
 
 
 def test_the_code_reads_the_security_variables() -> None:
-    """The scan itself: it must see the variables the code is known to read."""
+    """The registry holds the variables the code is known to read."""
     names = env_names_read_by_code()
     assert {
         "TRACEHOUSE_KAFKA_BOOTSTRAP",
@@ -161,7 +124,7 @@ def test_the_code_reads_the_security_variables() -> None:
         "TRACEHOUSE_CLICKHOUSE_PASSWORD_FILE",
         "TRACEHOUSE_CLICKHOUSE_CA",
     } <= names
-    assert "TRACEHOUSE_TEST_KAFKA" not in names  # tests/ is not scanned
+    assert "TRACEHOUSE_TEST_KAFKA" not in names  # the tests' own variables are not settings
 
 
 def env_names_used_by_deploy() -> dict[str, set[str]]:
@@ -702,6 +665,10 @@ def test_cluster_ddl_for_every_table() -> None:
         engine = re.search(r"ENGINE = (\w+)(?:\(([^()]*)\))?", single)
         assert engine is not None
         (local,) = [s for s in statements if s.startswith(f"CREATE TABLE IF NOT EXISTS `tracehouse`.{table}_local ")]
+        if engine.group(1) in NODE_LOCAL_ENGINES:  # one per node, same engine, no Distributed table
+            assert f"ON CLUSTER `{CLUSTER}`" in local and engine.group(0) in local, local
+            assert not [s for s in statements if s.startswith(f"CREATE TABLE IF NOT EXISTS `tracehouse`.{table} ")]
+            continue
         expected_args = "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'"
         if engine.group(2):
             expected_args += f", {engine.group(2)}"
@@ -814,7 +781,9 @@ def test_cluster_ddl_is_valid_clickhouse_and_creates_replicated_tables(tmp_path:
         return "'" + sql.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
     parsed = [f"SELECT formatQuery({literal(s)})" for s in statements]  # the parser, ON CLUSTER included
-    created = [without_on_cluster(s) for s in statements if not s.startswith("INSERT")]
+    # ALTERs are only parsed here: the test Keeper leaves Replicated tables read-only (TABLE_IS_READ_ONLY);
+    # test_cluster_tables_serve_the_pipeline_and_the_queries runs them on unreplicated shards.
+    created = [without_on_cluster(s) for s in statements if not s.startswith(("INSERT", "ALTER"))]
     check = (
         "SELECT table, zookeeper_path, replica_name FROM system.replicas WHERE database = 'tracehouse' ORDER BY table"
     )
@@ -824,7 +793,8 @@ def test_cluster_ddl_is_valid_clickhouse_and_creates_replicated_tables(tmp_path:
     for statement, result in zip(statements, results[: len(parsed)], strict=True):
         assert f"ON CLUSTER {CLUSTER}" in result["rows"][0][0] or statement.startswith("INSERT")
     replicas = {row[0]: (row[1], row[2]) for row in results[-1]["rows"]}
-    assert set(replicas) == {f"{t}_local" for t in ddl_tables()} | {"schema_migrations"}
+    node_local = {t.name for t in cluster_tables() if t.engine in NODE_LOCAL_ENGINES}
+    assert set(replicas) == {f"{t}_local" for t in ddl_tables() - node_local} | {"schema_migrations"}
     assert replicas["spans_local"] == ("/clickhouse/tables/01/tracehouse/spans_local", "replica-1")
     assert replicas["schema_migrations"] == ("/clickhouse/tables/all/tracehouse/schema_migrations", "01-replica-1")
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from tracehouse.core import settings
+
 __all__ = ["TokenCheck", "load_tokens"]
 
-TOKENS_ENV = "TRACEHOUSE_RECEIVER_TOKENS"
-TOKENS_FILE_ENV = "TRACEHOUSE_RECEIVER_TOKENS_FILE"
+TOKENS_ENV = settings.RECEIVER_TOKENS.name
+TOKENS_FILE_ENV = settings.RECEIVER_TOKENS_FILE.name
 
 
 def _parse(lines: Iterable[str]) -> list[str]:
@@ -38,10 +39,9 @@ def load_tokens(env: Mapping[str, str] | None = None) -> list[str]:
 
     Raises OSError when the token file is named but cannot be read: starting open by mistake would be
     worse than not starting."""
-    env = os.environ if env is None else env
-    tokens = _parse((env.get(TOKENS_ENV) or "").split(","))
-    path = env.get(TOKENS_FILE_ENV)
-    if path:
+    tokens = _parse(settings.get(settings.RECEIVER_TOKENS, env) or ())
+    path = settings.get(settings.RECEIVER_TOKENS_FILE, env)
+    if path is not None:
         for token in _parse(Path(path).read_text(encoding="utf-8").splitlines()):
             if token not in tokens:
                 tokens.append(token)
