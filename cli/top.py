@@ -15,7 +15,7 @@ Windows of 10 minutes or more use the 60-second rollups (six times fewer rows pe
 The figures per group, over the range:
 - spans/s: the group's spans divided by the range's seconds (windows without spans count as zero);
 - error rate: errors / spans; errors, rate limits, tokens and cost are exact sums of the windows;
-- p95: each window row carries its mergeable latency sketch (tracehouse.pipeline.sketch, 1 % relative
+- p95: each window row carries its mergeable latency sketch (tracehouse.core.sketch, 1 % relative
   accuracy, merged by adding bucket counts), so the windows' sketches are merged here into one sketch
   per group and its p95 is that of all the group's spans, within 1 % (`p95_source: "sketch"`). A
   count-weighted mean of the windows' p95s has no such guarantee, so it is never used: if a row's
@@ -60,18 +60,20 @@ from tracehouse.cli.query import (
     run,
 )
 from tracehouse.core.config import Settings
-from tracehouse.pipeline.sketch import LatencySketch
-from tracehouse.sinks.queries import parse_duration
+from tracehouse.core.rollups import COARSE_WINDOW_SECONDS, FINE_WINDOW_SECONDS
+from tracehouse.core.sketch import LatencySketch
+from tracehouse.read.times import parse_duration
 
 BY_CHOICES = ("service", "model", "service,model")
-FINE_STEP = 10  # the worker's rollup window sizes (pipeline.stages.WindowOptions)
-COARSE_STEP = 60
+FINE_STEP = FINE_WINDOW_SECONDS  # the worker's rollup window sizes (core.rollups.WINDOW_SIZES)
+COARSE_STEP = COARSE_WINDOW_SECONDS
 COARSE_FROM_SECONDS = 600  # windows this long or longer read the 60 s rollups
 QUIET_WHILE_LIVE = ("clickhouse_connect", "urllib3")  # their retry warnings: the view reports failures itself
 SUM_FIELDS = ("calls", "errors", "rate_limits", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
 NO_ROLLUPS = (
-    "No rollups yet in database {database}: the worker writes one row per group when each 10-second window "
-    "closes. Start the stack (tracehouse up) and send traffic (tracehouse loadgen) for at least 20 seconds."
+    f"No rollups yet in database {{database}}: the worker writes one row per group when each {FINE_STEP}-second "
+    "window closes. Start the stack (tracehouse up) and send traffic (tracehouse loadgen) for at least "
+    f"{2 * FINE_STEP} seconds."
 )
 
 

@@ -15,8 +15,13 @@ ROLLUPS = "tracehouse.rollups"
 ALERTS = "tracehouse.alerts"
 DLQ = "tracehouse.dlq"
 SCORES = "tracehouse.scores"  # scores added after the fact (core/scores.py)
+SCORE_ROLLUPS = "tracehouse.score-rollups"  # the worker's windows of scores (core/rollups.py ScoreRollup)
 
-ALL = (SPANS, TRACES, ROLLUPS, ALERTS, DLQ, SCORES)
+ALL = (SPANS, TRACES, ROLLUPS, ALERTS, DLQ, SCORES, SCORE_ROLLUPS)
+
+# The workers' own topic: window partials from every partition to the one merger (core/rollups.py). Faust
+# creates it (one partition, as an internal topic of the worker's app), so it is not in `ALL`.
+PARTIALS_TOPIC = "tracehouse.internal.rollup-partials"
 
 # Topics partitioned like tracehouse.spans: a trace's spans, its assembled record and its scores share a
 # partition number (scores are keyed by trace id like spans, so a worker that folds them in sees a trace's

@@ -6,6 +6,7 @@ Public API:
     load_rules(path, base_windows=(10, 60)) -> list[Rule]
     parse_rules(text_or_dict, base_windows=(10, 60), source="<string>") -> list[Rule]
     default_rules() -> list[Rule]
+    load_alert_rules(path=None) -> list[Rule]   the file TRACEHOUSE_ALERT_RULES names, or the defaults
     METRICS, BASE_WINDOWS
 
 A file holds `[[rules]]` tables:
@@ -23,6 +24,18 @@ A file holds `[[rules]]` tables:
     group_by = ["service"]             # state and alerts per distinct value of these fields ([] = all)
     filters = { kind = "LLM", model = "gpt-4*" }   # exact values or globs on service, kind, name, model
 
+Rules on scores (metric score_avg or score_count) name the score, and may count one value or label:
+
+    [[rules]]
+    name = "hallucinations"
+    metric = "score_count"             # or score_avg: the average numeric value
+    score = "hallucination"            # the score's name (exact or glob)
+    value = 1                          # score_count only: count scores with this value (or label = "...")
+    window_seconds = 300
+    comparison = ">"
+    threshold = 20
+    group_by = ["service"]             # of service, name (the score's), model: the scored trace's
+
 Rules are evaluated on the rollups' own windows: a rule's window is covered by consecutive rollup
 windows of the largest size dividing it (60 s → one 1-minute rollup, 300 s → the last five, 3600 s → a
 sliding hour of them, 30 s → three 10-second ones). That is why a rule's window must be a multiple of a
@@ -39,6 +52,10 @@ from typing import Any, Literal
 
 import msgspec
 
+from tracehouse.core import settings
+from tracehouse.core.rollups import WINDOW_SIZES
+from tracehouse.pipeline.guard_rules import is_trace_rule
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -47,7 +64,7 @@ else:  # pragma: no cover - Python 3.10
 SEVERITIES = ("info", "warning", "critical")
 COMPARISONS = (">", "<")
 GROUP_FIELDS = ("service", "kind", "name", "model")
-BASE_WINDOWS: tuple[int, ...] = (10, 60)
+BASE_WINDOWS: tuple[int, ...] = WINDOW_SIZES  # the sizes the worker rolls up into
 
 Metric = Literal[
     "latency_p50_ms",
@@ -59,8 +76,16 @@ Metric = Literal[
     "cost_usd",
     "count",
     "cost_per_hour_usd",
+    "score_avg",
+    "score_count",
 ]
 METRICS: tuple[str, ...] = Metric.__args__  # type: ignore[attr-defined]  # one list: the type is the source
+# Rules on scores (core/scores.py), evaluated on the score rollups: `score` names the score (exact or glob),
+# `score_count` may count only the scores with one `value` or one `label`. Their groups are the scored
+# trace's service and model, and `name` is the score's name (in group_by; `score` filters it).
+SCORE_METRICS = ("score_avg", "score_count")
+SCORE_GROUP_FIELDS = ("service", "name", "model")
+SCORE_FILTER_FIELDS = ("service", "model")
 
 
 class Rule(msgspec.Struct, frozen=True, kw_only=True):
@@ -78,6 +103,13 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     for_windows: int = 1
     resolve_windows: int = 1  # in a file, defaults to for_windows
     base_seconds: int = 60
+    score: str = ""  # score metrics: the score's name (exact or glob)
+    score_value: float | None = None  # score_count: only scores with this numeric value
+    score_label: str = ""  # score_count: only scores with this label
+
+    @property
+    def on_scores(self) -> bool:
+        return self.metric in SCORE_METRICS
 
     @property
     def windows(self) -> int:
@@ -87,6 +119,8 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     def matches(self, service: str, kind: str, name: str, model: str) -> bool:
         """Whether a rollup group passes this rule's filters (exact or glob, case-sensitive)."""
         values = {"service": service, "kind": kind, "name": name, "model": model}
+        if self.score and not fnmatch.fnmatchcase(name, self.score):  # a score rule: `name` is the score's
+            return False
         return all(fnmatch.fnmatchcase(values[field], pattern) for field, pattern in self.filters.items())
 
 
@@ -96,6 +130,7 @@ class RuleError(ValueError):
 
 _FIELDS = {
     "name",
+    "type",  # "window" (the default); rules of type "trace" are pipeline/guard_rules.py's
     "metric",
     "window_seconds",
     "comparison",
@@ -106,6 +141,9 @@ _FIELDS = {
     "min_count",
     "for_windows",
     "resolve_windows",
+    "score",  # score metrics only
+    "value",
+    "label",
 }
 
 
@@ -133,6 +171,8 @@ def _rule_from_table(table: Any, index: int, base_windows: Sequence[int], source
     unknown = sorted(set(table) - _FIELDS)
     if unknown:
         raise fail(unknown[0], f"unknown field (known: {', '.join(sorted(_FIELDS))})")
+    if table.get("type", "window") != "window":
+        raise fail("type", f"must be 'window' (the default) or 'trace', got {table['type']!r}")
     for required in ("metric", "window_seconds", "comparison", "threshold"):
         if required not in table:
             raise fail(required, "required")
@@ -165,9 +205,31 @@ def _rule_from_table(table: Any, index: int, base_windows: Sequence[int], source
             raise fail(f"filters.{field}", f"can filter only on {', '.join(GROUP_FIELDS)}")
         if not isinstance(pattern, str) or not pattern:
             raise fail(f"filters.{field}", f"must be a non-empty string (exact or glob), got {pattern!r}")
+    on_scores = metric in SCORE_METRICS
+    score, score_value, score_label = table.get("score", ""), table.get("value"), table.get("label", "")
+    if on_scores:
+        if not isinstance(score, str) or not score:
+            raise fail("score", f"required for {metric}: the score's name (exact or glob), e.g. \"user_feedback\"")
+        if metric != "score_count" and (score_value is not None or "label" in table):
+            raise fail("value" if score_value is not None else "label", "only score_count counts one value or label")
+        if score_value is not None and "label" in table:
+            raise fail("label", "give `value` or `label`, not both")
+        if score_value is not None and (isinstance(score_value, bool) or not isinstance(score_value, (int, float))):
+            raise fail("value", f"must be a number, got {score_value!r}")
+        if "label" in table and (not isinstance(score_label, str) or not score_label):
+            raise fail("label", f"must be a non-empty string, got {score_label!r}")
+        bad_filter = next((f for f in filters if f not in SCORE_FILTER_FIELDS), None)
+        if bad_filter is not None:
+            fields = ", ".join(SCORE_FILTER_FIELDS)
+            raise fail(f"filters.{bad_filter}", f"a score rule filters on {fields} (and names its score in `score`)")
+    else:
+        extra = next((f for f in ("score", "value", "label") if f in table), None)
+        if extra is not None:
+            raise fail(extra, f"only for the score metrics ({', '.join(SCORE_METRICS)})")
+    group_fields = SCORE_GROUP_FIELDS if on_scores else GROUP_FIELDS
     group_by = table.get("group_by", ["service"])
-    if not isinstance(group_by, list) or any(g not in GROUP_FIELDS for g in group_by):
-        raise fail("group_by", f"must be a list of {', '.join(GROUP_FIELDS)}, got {group_by!r}")
+    if not isinstance(group_by, list) or any(g not in group_fields for g in group_by):
+        raise fail("group_by", f"must be a list of {', '.join(group_fields)}, got {group_by!r}")
     if len(set(group_by)) != len(group_by):
         raise fail("group_by", f"repeats a field: {group_by!r}")
     counts: dict[str, int] = {}
@@ -190,6 +252,9 @@ def _rule_from_table(table: Any, index: int, base_windows: Sequence[int], source
         for_windows=counts["for_windows"],
         resolve_windows=counts["resolve_windows"],
         base_seconds=base,
+        score=score if on_scores else "",
+        score_value=float(score_value) if score_value is not None else None,
+        score_label=score_label if on_scores else "",
     )
 
 
@@ -208,7 +273,8 @@ def parse_rules(
     tables = document.get("rules", [])
     if not isinstance(tables, list):
         raise RuleError(f"{source}: 'rules' must be an array of tables ([[rules]])")
-    rules = [_rule_from_table(t, i, base_windows, source) for i, t in enumerate(tables)]
+    # Rules of type "trace" (in-flight guards) are evaluated on open traces: pipeline/guard_rules.py.
+    rules = [_rule_from_table(t, i, base_windows, source) for i, t in enumerate(tables) if not is_trace_rule(t)]
     seen: set[str] = set()
     for rule in rules:
         if rule.name in seen:
@@ -268,3 +334,9 @@ def default_rules(base_windows: Sequence[int] = BASE_WINDOWS) -> list[Rule]:
     """The built-in rules, used when no file is given: p95 LLM latency > 5 s over 1 min, error rate
     > 5 % over 5 min, > 10 rate-limited calls a minute, cost > $50 an hour — each per service."""
     return parse_rules(_DEFAULTS, base_windows, source="built-in rules")
+
+
+def load_alert_rules(path: str | None = None) -> list[Rule]:
+    """Rules from `TRACEHOUSE_ALERT_RULES` (a TOML file) or the built-in defaults."""
+    path = path or settings.get(settings.ALERT_RULES)
+    return load_rules(Path(path)) if path else default_rules()

@@ -4,9 +4,14 @@ plain-Python processors.
 - Agent `process_spans` reads `tracehouse.spans`. One Kafka message carries many spans of one partition,
   so Faust's per-event cost is paid once per batch. Acks are manual (`noack`): an event is acknowledged
   only once no open trace depends on it (see pipeline/checkpoint.py).
-- A timer emits ready traces and closed window partials; a second agent merges the partials of all
-  partitions into rollups and evaluates the alert rules (pipeline/merger.py).
-- Table `tracehouse-worker-state` holds one checkpoint per partition, written at a bounded rate.
+- A timer emits ready traces and closed window partials (pipeline/partition_windows.py) onto
+  `topics.PARTIALS_TOPIC`; a second agent merges the partials of all partitions into rollups and
+  evaluates the alert rules (pipeline/merge_stage.py, around pipeline/merger.py).
+- Agent `process_scores` reads `tracehouse.scores` (co-partitioned with spans, so a score's trace is on
+  this worker) and folds scores into their own windows (pipeline/score_processor.py); their partials
+  travel to the merger with the spans', and the final score rollups go to `tracehouse.score-rollups`.
+- Table `tracehouse-worker-state` holds one checkpoint per partition (spans' and scores' windows under
+  their own keys), written at a bounded rate.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from faust.types import TP
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
 from tracehouse.core.kafka_security import faust_broker_credentials
+from tracehouse.pipeline.guards import build_guards
+from tracehouse.pipeline.merge_stage import build_merger
+from tracehouse.pipeline.partition_windows import windows_factory
 from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
-from tracehouse.pipeline.stages import build_merger, windows_factory
+from tracehouse.pipeline.score_processor import ScoreProcessor
 
 log = logging.getLogger("tracehouse.worker")
 
-PARTIALS_TOPIC = "tracehouse.internal.rollup-partials"
 STATE_TABLE = "tracehouse-worker-state"
 MERGER_TABLE = "tracehouse-merger-state"
 SNAPSHOT_TOPIC_CONFIG = {
@@ -75,9 +82,11 @@ def create_app(settings: Settings, options: ProcessorOptions | None = None, **fa
     spans_topic = app.topic(topics.SPANS, **raw)
     traces_topic = app.topic(topics.TRACES, **raw)
     rollups_topic = app.topic(topics.ROLLUPS, **raw)
+    scores_topic = app.topic(topics.SCORES, **raw)
+    score_rollups_topic = app.topic(topics.SCORE_ROLLUPS, **raw)
     alerts_topic = app.topic(topics.ALERTS, **raw)
     dlq_topic = app.topic(topics.DLQ, **raw)
-    partials_topic = app.topic(PARTIALS_TOPIC, partitions=1, internal=True, **raw)
+    partials_topic = app.topic(topics.PARTIALS_TOPIC, partitions=1, internal=True, **raw)
 
     state_table = app.Table(
         STATE_TABLE,
@@ -102,10 +111,17 @@ def create_app(settings: Settings, options: ProcessorOptions | None = None, **fa
         dlq_out=dlq_topic,
         windows_factory=windows_factory(),
         options=options,
+        guards=build_guards(alerts_out=alerts_topic),  # in-flight trace rules, onto the same alerts topic
     )
-    merger = build_merger(rollups_out=rollups_topic, alerts_out=alerts_topic)
+    scores = ScoreProcessor(
+        partials_out=partials_topic,
+        lookup=processor.trace_group,
+        checkpoint_interval_s=processor.options.checkpoint_interval_s,
+    )
+    merger = build_merger(rollups_out=rollups_topic, alerts_out=alerts_topic, score_rollups_out=score_rollups_topic)
     app.tracehouse_processor = processor  # type: ignore[attr-defined]
     app.tracehouse_merger = merger  # type: ignore[attr-defined]
+    app.tracehouse_scores = scores  # type: ignore[attr-defined]
 
     @app.agent(spans_topic, name="tracehouse.process_spans")
     async def process_spans(stream: faust.StreamT) -> None:
@@ -114,10 +130,17 @@ def create_app(settings: Settings, options: ProcessorOptions | None = None, **fa
         async for event in manual.events():
             await processor.on_event(event)
 
+    @app.agent(scores_topic, name="tracehouse.process_scores")
+    async def process_scores(stream: faust.StreamT) -> None:
+        manual = stream.noack()
+        scores.attach(manual, state_table)
+        async for event in manual.events():
+            await scores.on_event(event)
+
     @app.agent(partials_topic, name="tracehouse.merge_rollups")
     async def merge_rollups(stream: faust.StreamT) -> None:
         manual = stream.noack()
-        partials_tp = TP(PARTIALS_TOPIC, 0)
+        partials_tp = TP(topics.PARTIALS_TOPIC, 0)
         merger.attach(
             manual,
             merger_table,
@@ -129,12 +152,14 @@ def create_app(settings: Settings, options: ProcessorOptions | None = None, **fa
     @app.timer(0.25, name="tracehouse.tick")
     async def tick() -> None:
         await processor.on_tick()
+        await scores.on_tick()
         await merger.on_tick()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
         processor.revoke({tp.partition for tp in revoked if tp.topic == topics.SPANS})
-        if any(tp.topic == PARTIALS_TOPIC for tp in revoked):
+        scores.revoke({tp.partition for tp in revoked if tp.topic == topics.SCORES})
+        if any(tp.topic == topics.PARTIALS_TOPIC for tp in revoked):
             merger.revoke()
 
     return app

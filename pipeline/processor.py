@@ -2,7 +2,8 @@
 
 Per message: decode and validate (bad records to `tracehouse.dlq` with their reason and bytes; the worker
 goes on; pipeline/span_view.py: the full decoder's verdicts at a fraction of its cost), drop duplicates,
-price each span once, fold spans into the partition's open traces and windows. Per tick: emit the
+price each span once, fold spans into the partition's open traces and windows, and publish the guard
+alerts (rules of type `trace`, pipeline/guards.py) those spans fired, while their traces are open. Per tick: emit the
 traces that are ready (many per Kafka message) and the windows that closed. Per checkpoint interval:
 snapshot the windows and acknowledge what is safe (see pipeline/checkpoint.py).
 
@@ -12,14 +13,14 @@ The Faust glue (pipeline/app.py) passes in the topics to send to and the table t
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tracehouse.core import topics
-from tracehouse.core.pricing import PriceTable, price_span
+from tracehouse.core import settings, topics
+from tracehouse.core.pricing import PriceTable, configured_prices, price_span
+from tracehouse.core.rollups import encode_partials
 from tracehouse.core.schema import (
     DeadLetter,
     SchemaError,
@@ -35,7 +36,8 @@ from tracehouse.pipeline.checkpoint import (
     decode_checkpoint,
     encode_checkpoint,
 )
-from tracehouse.pipeline.rollups import encode_partials
+from tracehouse.pipeline.guards import GuardPublisher
+from tracehouse.pipeline.score_windows import TraceGroups, remember_emitted
 from tracehouse.pipeline.span_view import AnySpan, decode_work_batch
 
 log = logging.getLogger("tracehouse.worker")
@@ -48,7 +50,7 @@ class Sendable(Protocol):
 
 
 class WindowStage(Protocol):
-    """The windowed-rollup side of a partition's state (pipeline/rollups.py)."""
+    """The windowed-rollup side of a partition's state (pipeline/partition_windows.py)."""
 
     def add(self, span: AnySpan, cost: float) -> None: ...
     def due(self, now_s: float) -> list[Any]: ...
@@ -68,22 +70,16 @@ class ProcessorOptions:
         """`TRACEHOUSE_TRACE_QUIET_S`, `TRACEHOUSE_TRACE_MAX_AGE_S`, `TRACEHOUSE_TRACE_REVISION_S`,
         `TRACEHOUSE_MAX_OPEN_TRACES`, `TRACEHOUSE_CHECKPOINT_S` override the defaults."""
         names = {
-            "quiet_s": "TRACEHOUSE_TRACE_QUIET_S",
-            "max_age_s": "TRACEHOUSE_TRACE_MAX_AGE_S",
-            "revision_window_s": "TRACEHOUSE_TRACE_REVISION_S",
-            "max_open_traces": "TRACEHOUSE_MAX_OPEN_TRACES",
-            "checkpoint_interval_s": "TRACEHOUSE_CHECKPOINT_S",
+            "quiet_s": settings.TRACE_QUIET_S,
+            "max_age_s": settings.TRACE_MAX_AGE_S,
+            "revision_window_s": settings.TRACE_REVISION_S,
+            "max_open_traces": settings.MAX_OPEN_TRACES,
+            "checkpoint_interval_s": settings.CHECKPOINT_S,
         }
-        given = {}
-        for field_name, env_name in names.items():
-            raw = os.environ.get(env_name)
-            if raw:
-                kind = int if field_name == "max_open_traces" else float
-                try:
-                    given[field_name] = kind(raw)
-                except ValueError:
-                    raise SystemExit(f"{env_name}={raw!r} is not a number") from None
-        return cls(**given)
+        try:
+            return cls(**{field: settings.get(s) for field, s in names.items() if settings.is_set(s)})
+        except settings.SettingError as exc:
+            raise SystemExit(str(exc)) from None
 
 
 @dataclass
@@ -109,6 +105,7 @@ class _Partition:
         self.next_offset = floor
         self.last_checkpoint = time.monotonic()
         self.dirty = False
+        self.recent = TraceGroups()  # emitted traces' (service, model), for the scores' windows
 
 
 class SpanProcessor:
@@ -123,13 +120,15 @@ class SpanProcessor:
         windows_factory: Callable[[int, bytes | None], WindowStage],
         options: ProcessorOptions | None = None,
         prices: PriceTable | None = None,
+        guards: GuardPublisher | None = None,
     ) -> None:
         self.traces_out = traces_out
         self.partials_out = partials_out
         self.dlq_out = dlq_out
         self.windows_factory = windows_factory
         self.options = options or ProcessorOptions.from_env()
-        self.prices = prices or PriceTable()
+        self.prices = prices or configured_prices()
+        self.guards = guards  # in-flight trace rules (pipeline/guards.py); None: none
         self.stats = ProcessorStats()
         self.held = HeldEvents()
         self._partitions: dict[int, _Partition] = {}
@@ -150,6 +149,8 @@ class SpanProcessor:
                 max_age_s=self.options.max_age_s,
                 revision_window_s=self.options.revision_window_s,
                 max_open_traces=self.options.max_open_traces,
+                # guards do not fire again for breaches below the checkpoint (they were published)
+                guards=self.guards.for_partition(checkpoint.next_offset if checkpoint else 0) if self.guards else None,
             )
             windows = self.windows_factory(partition, checkpoint.windows if checkpoint else None)
             state = _Partition(partition, assembler, windows, checkpoint.next_offset if checkpoint else 0)
@@ -161,6 +162,14 @@ class SpanProcessor:
                 f"restored up to offset {checkpoint.next_offset}" if checkpoint else "new",
             )
         return state
+
+    def trace_group(self, partition: int, trace_id: str) -> tuple[str, str] | None:
+        """(service, model) of a trace of a partition this worker holds (open, just emitted, or in the
+        bounded recent map), for the scores' windows (pipeline/score_processor.py); None: not known."""
+        state = self._partitions.get(partition)
+        if state is None:
+            return None
+        return state.assembler.trace_group(trace_id) or state.recent.get(trace_id)
 
     def revoke(self, partitions: set[int]) -> None:
         """Forget revoked partitions; their next owner replays and restores them."""
@@ -215,7 +224,8 @@ class SpanProcessor:
         add = assembler.add_priced
         for span in spans:
             llm = span.llm
-            cost, source = price_span(prices, llm.model if llm is not None else "", span.usage, span.cost_usd)
+            model = llm.model if llm is not None else ""
+            cost, source = price_span(prices, model, span.usage, span.cost_usd, span.start_time_ns)
             if not add(span, offset, now, cost, source):
                 self.stats.duplicates += 1
                 continue
@@ -223,8 +233,12 @@ class SpanProcessor:
                 windows.add(span, cost)
         state.dirty = True
         self.stats.spans += len(spans)
+        guards = assembler.guards
+        if guards is not None and guards.pending and self.guards is not None:
+            await self.guards.publish(guards.take())
         forced = assembler.take_forced()
         if forced:
+            remember_emitted(state.recent, assembler, forced)
             await self._send_traces(forced)
 
     async def checkpoint(self, state: _Partition) -> None:
@@ -254,6 +268,7 @@ class SpanProcessor:
         for state in list(self._partitions.values()):
             records = state.assembler.due(now)
             if records:
+                remember_emitted(state.recent, state.assembler, records)
                 await self._send_traces(records)
             partials = state.windows.due(wall)
             if partials and self.partials_out is not None:

@@ -91,6 +91,7 @@ class WorkTokenUsage(Struct, gc=False):
     cached: Count = 0
     reasoning: Count = 0
     total: Count = 0
+    cache_write: Count = 0
 
 
 class WorkPromptTemplate(Struct, gc=False):

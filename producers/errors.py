@@ -5,7 +5,8 @@ limits must be recognisable whatever client raised them: openai/anthropic/mistra
 with `status_code` 429), httpx/requests (`response.status_code`), aiohttp (`status`), google api_core
 (`TooManyRequests`/`ResourceExhausted`, `code`), boto3/Bedrock (`ThrottlingException` in
 `response["Error"]["Code"]`), or any of these wrapped by a retry library (`__cause__`). This runs only on
-the error path, so it may take a few microseconds.
+the error path, so it may take a few microseconds. Which names mean "rate limit" is decided once, in
+core/error_types.py, which the receiver's mapping, the worker's rollups and the sink apply too.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
+from tracehouse.core.error_types import RATE_LIMIT, is_rate_limit_text
+
 from .payload import fit, safe_repr
 
-RATE_LIMIT = "rate_limit"
+__all__ = ["RATE_LIMIT", "error_type", "exception_attributes", "exception_message", "is_rate_limit", "qualified_name"]
 
-# Lower-cased fragments of exception class names (anywhere in the MRO) that mean "slow down".
-_RATE_LIMIT_NAMES = ("ratelimit", "toomanyrequests", "throttl", "resourceexhausted")
 _STATUS_ATTRS = ("status_code", "http_status", "status", "code", "http_status_code")
 
 
@@ -43,8 +44,8 @@ def _response_says_429(response: Any) -> bool:
         return False
     if isinstance(response, dict):  # botocore ClientError.response
         meta = response.get("ResponseMetadata") or {}
-        code = str((response.get("Error") or {}).get("Code", "")).lower()
-        return _is_429(meta.get("HTTPStatusCode")) or any(f in code for f in _RATE_LIMIT_NAMES)
+        code = str((response.get("Error") or {}).get("Code", ""))
+        return _is_429(meta.get("HTTPStatusCode")) or is_rate_limit_text(code)
     for attr in ("status_code", "status"):
         if _is_429(getattr(response, attr, None)):
             return True
@@ -52,9 +53,8 @@ def _response_says_429(response: Any) -> bool:
 
 
 def _is_rate_limit_one(exc: BaseException) -> bool:
-    for klass in type(exc).__mro__:
-        lowered = klass.__name__.lower()
-        if any(fragment in lowered for fragment in _RATE_LIMIT_NAMES):
+    for klass in type(exc).__mro__:  # anywhere in the MRO: a subclass of RateLimitError is one too
+        if is_rate_limit_text(klass.__name__):
             return True
     for attr in _STATUS_ATTRS:
         try:

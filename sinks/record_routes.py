@@ -1,5 +1,5 @@
-"""Routes for the low-volume records: rollups and alerts (the pipeline's outputs) and scores (added after
-the fact); all land in ReplacingMergeTree tables, so a redelivered record replaces its twin."""
+"""Routes for the low-volume records: rollups, score rollups and alerts (the pipeline's outputs) and scores
+(added after the fact); all land in ReplacingMergeTree tables, so a redelivered record replaces its twin."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import time
 import msgspec
 
 from tracehouse.core import topics
+from tracehouse.core.alerts import Alert, decode_alerts
+from tracehouse.core.rollups import Rollup, ScoreRollup, decode_rollups, decode_score_rollups
 from tracehouse.core.schema import SchemaError
 from tracehouse.core.scores import Score, decode_score_batch
-from tracehouse.pipeline.alerts import Alert
-from tracehouse.pipeline.outputs import decode_alerts, decode_rollups
-from tracehouse.pipeline.rollups import Rollup
 from tracehouse.sinks.routes import Decoded, Rejected, Route
 
 
@@ -30,6 +29,9 @@ class AlertRow(msgspec.Struct):
     window_start: int
     window_seconds: int
     labels: dict[str, str]
+    trace_id: str = ""  # the three of guard alerts (rules of type trace); "" for window alerts
+    user_id: str = ""
+    session_id: str = ""
 
 
 def alert_row(a: Alert) -> AlertRow:
@@ -46,6 +48,9 @@ def alert_row(a: Alert) -> AlertRow:
         a.window_start,
         a.window_seconds,
         a.labels,
+        a.trace_id,
+        a.user_id,
+        a.session_id,
     )
 
 
@@ -67,6 +72,23 @@ def rollups_route() -> Route:
         topics.ROLLUPS,
         "rollups",
         Rollup.__struct_fields__,
+        decode,
+        partition_key=lambda row: row.window_start // 86_400,  # type: ignore[attr-defined]
+    )
+
+
+def score_rollups_route() -> Route:
+    def decode(value: bytes, partition: int, offset: int, received_ns: int) -> Decoded:
+        try:
+            rows: list[msgspec.Struct] = list(decode_score_rollups(value))
+            return rows, []
+        except SchemaError as exc:
+            return [], [Rejected(exc.reason, value)]
+
+    return Route(
+        topics.SCORE_ROLLUPS,
+        "score_rollups",
+        ScoreRollup.__struct_fields__,
         decode,
         partition_key=lambda row: row.window_start // 86_400,  # type: ignore[attr-defined]
     )

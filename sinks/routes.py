@@ -17,10 +17,11 @@ from typing import NamedTuple
 import msgspec
 
 from tracehouse.core import topics
-from tracehouse.core.pricing import PriceTable
-from tracehouse.core.schema import SchemaError, decode_batch, decode_traces
+from tracehouse.core.pricing import PriceTable, configured_prices
+from tracehouse.core.schema import SchemaError, decode_traces
 from tracehouse.core.timestamps import split_by_time, time_refusal, time_window
 from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, TRACE_COLUMNS, span_row, trace_row
+from tracehouse.sinks.span_decode import decode_spans
 
 
 class Rejected(NamedTuple):
@@ -86,7 +87,7 @@ def spans_route(prices: PriceTable, retention: Retention | None = None) -> Route
 
     def decode(value: bytes, partition: int, offset: int, received_ns: int) -> Decoded:
         try:
-            spans, rejected = decode_batch(value)
+            spans, rejected = decode_spans(value)  # decode_batch, ids checked per message
         except SchemaError as exc:
             return [], [Rejected(exc.reason, value)]
         spans, refused = split_by_time(spans, time_window(received_ns, kept_for.days, time.time_ns()))
@@ -139,9 +140,8 @@ def traces_route(retention: Retention | None = None) -> Route:
 
 
 def default_routes(prices: PriceTable | None = None, retention: Retention | None = None) -> list[Route]:
-    routes = [spans_route(prices or PriceTable(), retention), traces_route(retention)]
-    try:
-        from tracehouse.sinks.record_routes import alerts_route, rollups_route, scores_route
-    except ImportError:  # pragma: no cover - rollups arrive with the pipeline's rollup records
-        return routes
-    return [*routes, rollups_route(), alerts_route(), scores_route()]
+    routes = [spans_route(prices or configured_prices(), retention), traces_route(retention)]
+    # Imported here: record_routes builds on this module's Route, so a top-level import would be circular.
+    from tracehouse.sinks.record_routes import alerts_route, rollups_route, score_rollups_route, scores_route
+
+    return [*routes, rollups_route(), alerts_route(), scores_route(), score_rollups_route()]

@@ -37,10 +37,11 @@ async def start_sink_group_at_end(settings: Settings) -> None:
 
 
 def start_groups_at_end(settings: Settings) -> None:
-    """The test's worker group (on `tracehouse.spans`) and sink group (on every topic the sink reads)."""
+    """The test's worker group (on `tracehouse.spans` and `tracehouse.scores`) and sink group (on every
+    topic the sink reads)."""
 
     async def both() -> None:
-        await commit_at_end(settings.kafka_bootstrap, settings.worker_group, [topics.SPANS])
+        await commit_at_end(settings.kafka_bootstrap, settings.worker_group, [topics.SPANS, topics.SCORES])
         await start_sink_group_at_end(settings)
 
     asyncio.run(both())

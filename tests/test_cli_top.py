@@ -34,8 +34,8 @@ from clickhouse_connect.driver.client import Client
 from tracehouse.cli.main import main
 from tracehouse.cli.top import merged_sketch
 from tracehouse.core.config import Settings
-from tracehouse.pipeline.rollups import Rollup
-from tracehouse.pipeline.sketch import RELATIVE_ACCURACY, LatencySketch
+from tracehouse.core.rollups import Rollup
+from tracehouse.core.sketch import RELATIVE_ACCURACY, LatencySketch
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
 from tracehouse.sinks.rows import encode_rows

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 from tracehouse.core.schema import Span, encode_batch
+from tracehouse.pipeline.partition_windows import windows_factory
 from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
-from tracehouse.pipeline.stages import windows_factory
 
 NOW_NS = 1_790_000_000_000_000_000
 YEAR_2250_NS = 8_835_000_000_000_000_000

@@ -9,19 +9,11 @@ import re
 
 import pytest
 
+from tracehouse.core.rollups import OTHER, Rollup, RollupPartialRecord, decode_partials, encode_partials
 from tracehouse.core.schema import Event, LLMCall, Span, TokenUsage
-from tracehouse.pipeline.rollups import (
-    OTHER,
-    Rollup,
-    RollupMerger,
-    RollupPartialRecord,
-    WindowAggregator,
-    WindowPartial,
-    decode_partials,
-    encode_partials,
-    is_rate_limited,
-)
-from tracehouse.pipeline.sketch import RELATIVE_ACCURACY, LatencySketch
+from tracehouse.core.sketch import RELATIVE_ACCURACY, LatencySketch
+from tracehouse.pipeline.merger import RollupMerger
+from tracehouse.pipeline.windows import WindowAggregator, WindowPartial, is_rate_limited
 from tracehouse.sinks.ddl import ROLLUPS_V1
 
 W0 = 1_789_999_980  # epoch seconds, a multiple of 60

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracehouse.pipeline.sketch import RELATIVE_ACCURACY, LatencySketch
+from tracehouse.core.sketch import RELATIVE_ACCURACY, LatencySketch
 
 QUANTILES = (0.0, 0.01, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 

@@ -3,11 +3,11 @@ usage, prompt template, documents, scores, session/user/tags/metadata, and the e
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import msgspec
 
+from tracehouse.core.error_types import RATE_LIMIT, span_error_type
 from tracehouse.core.schema import Document, Event, PromptTemplate, Score, TokenUsage
 
 from ..payload import (
@@ -26,6 +26,7 @@ from .genai import documents_genai, score_genai
 from .openinference import documents_oi, scores_oi
 from .vocabulary import (
     ANNOTATIONS,
+    CACHE_WRITE_TOKENS,
     CACHED_TOKENS,
     DOCUMENTS,
     EMBEDDINGS,
@@ -58,24 +59,29 @@ from .vocabulary import (
     USER,
 )
 
-_RATE_LIMIT = re.compile(
-    r"rate[\s_.-]?limit|too[\s_.-]?many[\s_.-]?requests|throttl|resource[\s_.-]?exhausted|\b429\b", re.I
-)
+
+# The values instrumentations actually send, spelled as sent, to their kind: one look-up for them,
+# and the normalising (`str`, `strip`, case) only for the rest.
+_OI_KIND_SPELLED = {kind: kind for kind in OI_KINDS} | {k: v for k, v in OI_KIND_ALIASES.items() if v in OI_KINDS}
 
 
 def read_kind(attrs: SpanAttributes) -> str:
     known = attrs.known
     declared = known.get("openinference.span.kind")
     if declared is not None:
-        upper = str(declared).strip().upper()
-        upper = OI_KIND_ALIASES.get(upper, upper)
-        if upper in OI_KINDS:
-            del known["openinference.span.kind"]  # fully said by `kind`
-            return upper
-        return "UNKNOWN"  # e.g. PROMPT: the attribute stays, so nothing is lost
+        kind = _OI_KIND_SPELLED.get(declared) if type(declared) is str else None
+        if kind is None:
+            upper = str(declared).strip().upper()
+            kind = OI_KIND_ALIASES.get(upper, upper)
+            if kind not in OI_KINDS:
+                return "UNKNOWN"  # e.g. PROMPT: the attribute stays, so nothing is lost
+        del known["openinference.span.kind"]  # fully said by `kind`
+        return kind
     operation = known.get("gen_ai.operation.name")
     if operation is not None:
-        kind = GENAI_OPERATIONS.get(str(operation).strip().lower())
+        kind = GENAI_OPERATIONS.get(operation) if type(operation) is str else None
+        if kind is None:
+            kind = GENAI_OPERATIONS.get(str(operation).strip().lower())
         if kind:
             return kind
     for key, table in (("traceloop.span.kind", TRACELOOP_KINDS), ("llm.request.type", REQUEST_TYPES)):
@@ -95,13 +101,15 @@ def read_usage(attrs: SpanAttributes) -> TokenUsage | None:
     cached = typed(attrs, CACHED_TOKENS, uint32)
     reasoning = typed(attrs, REASONING_TOKENS, uint32)
     total = typed(attrs, TOTAL_TOKENS, uint32)
+    cache_write = typed(attrs, CACHE_WRITE_TOKENS, uint32)
     if input_tokens is None and output_tokens is None and cached is None and reasoning is None and total is None:
-        return None
+        if cache_write is None:
+            return None
     input_tokens, output_tokens = input_tokens or 0, output_tokens or 0
     cached, reasoning = cached or 0, reasoning or 0
     if not total:
         total = min(input_tokens + output_tokens, MAX_UINT32)
-    return TokenUsage(input_tokens, output_tokens, cached, reasoning, total)
+    return TokenUsage(input_tokens, output_tokens, cached, reasoning, total, cache_write or 0)
 
 
 def read_prompt_template(attrs: SpanAttributes) -> PromptTemplate | None:
@@ -128,20 +136,11 @@ def read_prompt_template(attrs: SpanAttributes) -> PromptTemplate | None:
 
 def read_error_type(explicit: Any, events: list[Event], status: str, message: str) -> str | None:
     """`error.type`: "rate_limit" when the span's error says so (question 3 groups on it), else the
-    sender's own value; None to leave it unset (the sink then falls back to the exception's type)."""
-    if explicit is not None and explicit != "":
-        text = attr_text(explicit, SHORT_TEXT_CHARS)
-        return "rate_limit" if _RATE_LIMIT.search(text) else text
-    for event in events:
-        if event.name == "exception":
-            attributes = event.attributes
-            if _RATE_LIMIT.search(attributes.get("exception.type", "")) or _RATE_LIMIT.search(
-                attributes.get("exception.message", "")
-            ):
-                return "rate_limit"
-    if status == "ERROR" and message and _RATE_LIMIT.search(message):
-        return "rate_limit"
-    return None
+    sender's own value; None to leave it unset (the sink then falls back to the exception's type). The
+    rule is core/error_types.py's, which the SDK, the worker and the sink apply too."""
+    text = attr_text(explicit, SHORT_TEXT_CHARS) if explicit is not None and explicit != "" else ""
+    error_type = span_error_type(text, events, status, message)
+    return error_type if text or error_type == RATE_LIMIT else None
 
 
 def read_payloads(attrs: SpanAttributes, kind: str) -> tuple[str, str]:
@@ -225,7 +224,9 @@ def read_grouping(attrs: SpanAttributes) -> tuple[Any, Any, list[str], Any]:
     if value is not None:
         parsed = str_list(value)
         if parsed is not None:
-            tags = list(dict.fromkeys(t for t in parsed if t))
+            tags = list(dict.fromkeys(parsed))  # each once, in order; "" (at most one left) is no tag
+            if "" in tags:
+                tags.remove("")
             attrs.take(TAGS)
     _metadata(attrs)
     return session, user, tags, attrs.take(ERROR_TYPE)

@@ -10,6 +10,10 @@ Public API:
       .to_bytes() / LatencySketch.from_bytes(data)   compact msgpack form (Kafka records, snapshots)
     RELATIVE_ACCURACY                    0.01
 
+It lives in core because it is part of the records that cross processes: a worker's partial rollup
+carries one (as bytes), the final `rollups` row carries the merged one (base64), and the merger, the
+alert evaluator and `tracehouse top` decode and merge them.
+
 Why our own and not the `ddsketch` package: its add() is as fast (~0.4 µs), but its wire form is
 protobuf and its store internals are private, while partial rollups must travel over Kafka and sit in
 snapshots as small msgspec values. The algorithm is the same (bucket k holds (γ^(k-1), γ^k] with

@@ -1,16 +1,14 @@
-"""Real-time alerts from final rollups, and a webhook that tells people about them.
+"""Real-time alerts from final rollups: the rule evaluator.
 
 Public API:
-    Alert                                     msgspec Struct, exactly the `alerts` table's columns
     AlertEvaluator(rules, *, base_windows=(10, 60), max_future_seconds=300)
-      .process(rollups, now_ms=None) -> list[Alert]   feed each batch of final rollups (merger.due())
+      .process(rollups, now_ms=None, *, scores=()) -> list[Alert]   each batch of final rollups (merger.due()),
+                                                      with the score rollups of the same tick
       .to_state() -> bytes / AlertEvaluator.from_state(rules, data, **options)
       .stats -> EvaluatorStats
-    WebhookNotifier(url, timeout=5.0, max_retries=5, *, queue_size=1000, backoff_base=0.5, backoff_max=30.0)
-      .notify(alert) -> bool                  enqueue, never blocks (False: queue full, alert dropped)
-      await .close()                          send what is queued, then stop
-      .stats -> NotifierStats
-    slack_payload(alert) -> dict              the JSON the webhook posts (Slack-compatible)
+
+The record it returns (Alert) is in core/alerts.py; the rules are pipeline/alert_rules.py; telling people
+(the webhook) is pipeline/alert_notify.py.
 
 Evaluation works on rollups, not spans, so it costs nothing per span and sees every partition's data:
 a rule is evaluated at each new rollup window of its base size (see alert_rules), over the rule's
@@ -34,10 +32,7 @@ move the rules' clock past every real window to come.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import random
+import itertools
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,11 +40,10 @@ from typing import Any
 
 import msgspec
 
+from tracehouse.core.alerts import Alert
+from tracehouse.core.rollups import Rollup, RollupKey, ScoreRollup, score_value_key
+from tracehouse.core.sketch import LatencySketch
 from tracehouse.pipeline.alert_rules import BASE_WINDOWS, GROUP_FIELDS, Rule
-from tracehouse.pipeline.rollups import Rollup, RollupKey
-from tracehouse.pipeline.sketch import LatencySketch
-
-log = logging.getLogger("tracehouse.alerts")
 
 _STATE_VERSION = 1
 _QUANTILE = {"latency_p50_ms": 0.5, "latency_p95_ms": 0.95, "latency_p99_ms": 0.99}
@@ -63,27 +57,10 @@ _SUBJECT = {
     "cost_usd": "cost",
     "count": "span count",
     "cost_per_hour_usd": "cost per hour",
+    "score_avg": "average",
+    "score_count": "count",
 }
 _GLOB_CHARS = frozenset("*?[")
-
-
-class Alert(msgspec.Struct, kw_only=True):
-    """One state change of a rule for one group: exactly the columns of the `alerts` table."""
-
-    fired_at: int  # epoch milliseconds
-    rule: str
-    service: str  # the group's service, the rule's exact service filter, or "*"
-    severity: str
-    value: float
-    threshold: float
-    state: str  # "firing" | "resolved"
-    message: str
-    window_start: int  # epoch seconds
-    window_seconds: int
-    labels: dict[str, str]
-
-
-# --- formatting -----------------------------------------------------------------------------------------
 
 
 def _format_value(metric: str, value: float) -> str:
@@ -95,6 +72,8 @@ def _format_value(metric: str, value: float) -> str:
         return f"${value:,.2f}"
     if metric == "cost_per_hour_usd":
         return f"${value:,.2f}/h"
+    if metric == "score_avg":
+        return f"{value:,.3g}"
     return f"{value:,.0f}"
 
 
@@ -114,6 +93,14 @@ def _describe(rule: Rule, group: dict[str, str]) -> tuple[str, str]:
     """("LLM spans (model gpt-4o)", "in support-bot") for a rule and one of its groups."""
     values = {f: p for f, p in rule.filters.items() if _is_exact(p)}
     values.update(group)
+    if rule.on_scores:  # ("user_feedback scores (model gpt-4o)", "in support-bot")
+        what = f"{values.get('name', rule.score)}"
+        if rule.score_label:
+            what += f" = {rule.score_label}"
+        elif rule.score_value is not None:
+            what += f" = {rule.score_value:g}"
+        what += " scores" + (f" (model {values['model']})" if "model" in values else "")
+        return what, f"in {values['service']}" if "service" in values else "in all services"
     what = f"{values['kind']} spans" if "kind" in values else "spans"
     details = [f"{field} {values[field]}" for field in ("name", "model") if field in values]
     if details:
@@ -126,11 +113,11 @@ def _describe(rule: Rule, group: dict[str, str]) -> tuple[str, str]:
 
 
 class _Row:
-    """A stored rollup and, once needed, its decoded sketch."""
+    """A stored rollup (a span or a score rollup) and, once needed, its decoded sketch."""
 
     __slots__ = ("rollup", "sketch")
 
-    def __init__(self, rollup: Rollup) -> None:
+    def __init__(self, rollup: Any) -> None:
         self.rollup = rollup
         self.sketch: LatencySketch | None = None
 
@@ -141,9 +128,12 @@ class _Row:
 
 
 class _Totals:
-    __slots__ = ("cost", "count", "errors", "rate_limits", "sketch")
+    __slots__ = ("cost", "count", "errors", "matched", "rate_limits", "sketch", "value_count", "value_sum")
 
     def __init__(self) -> None:
+        self.matched = 0  # score rules: the scores with the rule's value or label (all without one)
+        self.value_count = 0
+        self.value_sum = 0.0
         self.count = 0
         self.errors = 0
         self.rate_limits = 0
@@ -202,6 +192,7 @@ class _EvaluatorState(msgspec.Struct):
     v: int
     rules: list[_RuleWire]
     rollups: list[Rollup]
+    score_rollups: list[ScoreRollup] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -244,6 +235,8 @@ class AlertEvaluator:
         for rule in self.rules:
             self._span[rule.base_seconds] = max(self._span.get(rule.base_seconds, 0), rule.window_seconds)
         self._data: dict[int, dict[int, dict[RollupKey, _Row]]] = {base: {} for base in self._span}
+        # score rollups, keyed (service, "", score name, model) so that group_by and filters read as for spans
+        self._score_data: dict[int, dict[int, dict[RollupKey, _Row]]] = {base: {} for base in self._span}
         self._latest: dict[int, int] = {}
         self._match_cache: dict[tuple[str, RollupKey], bool] = {}
 
@@ -256,11 +249,12 @@ class AlertEvaluator:
             hit = self._match_cache[cache_key] = rule.matches(*key)
         return hit
 
-    def _store(self, rollup: Rollup) -> bool:
+    def _store(self, rollup: Rollup | ScoreRollup) -> bool:
         """Keep a rollup some rule may need; True when its window is one rules evaluate at (even when
         no rule wants this group: time has passed for every group, quiet ones included)."""
         base = rollup.window_seconds
-        windows = self._data.get(base)
+        on_scores = isinstance(rollup, ScoreRollup)
+        windows = (self._score_data if on_scores else self._data).get(base)
         if windows is None:
             return False
         latest = self._latest.get(base)
@@ -268,26 +262,31 @@ class AlertEvaluator:
             return False
         if latest is None or rollup.window_start > latest:
             self._latest[base] = rollup.window_start
-        key = RollupKey(rollup.service, rollup.kind, rollup.name, rollup.model)
-        if any(self._matches(r, key) for r in self.rules if r.base_seconds == base):
+        kind = "" if isinstance(rollup, ScoreRollup) else rollup.kind
+        key = RollupKey(rollup.service, kind, rollup.name, rollup.model)
+        if any(self._matches(r, key) for r in self.rules if r.base_seconds == base and r.on_scores == on_scores):
             windows.setdefault(rollup.window_start, {})[key] = _Row(rollup)  # a revision replaces its row
         return True
 
     def _prune(self) -> None:
-        for base, windows in self._data.items():
-            latest = self._latest.get(base)
-            if latest is None:
-                continue
-            for start in [s for s in windows if s <= latest - self._span[base]]:
-                del windows[start]
+        for data in (self._data, self._score_data):
+            for base, windows in data.items():
+                latest = self._latest.get(base)
+                if latest is None:
+                    continue
+                for start in [s for s in windows if s <= latest - self._span[base]]:
+                    del windows[start]
 
-    def process(self, rollups: Iterable[Rollup], now_ms: int | None = None) -> list[Alert]:
-        """Take a batch of final rollups (new or revised) and return the alerts that change state."""
+    def process(
+        self, rollups: Iterable[Rollup], now_ms: int | None = None, *, scores: Iterable[ScoreRollup] = ()
+    ) -> list[Alert]:
+        """Take a batch of final rollups (new or revised), and the score rollups of the same windows, and
+        return the alerts that change state."""
         if now_ms is None:
             now_ms = int(time.time() * 1000)
         points: dict[int, set[int]] = {}
         future_limit = now_ms / 1000 + self.max_future_seconds
-        for rollup in rollups:
+        for rollup in itertools.chain(rollups, scores):
             self.stats.rollups += 1
             if rollup.window_start > future_limit:
                 self.stats.future += 1
@@ -309,8 +308,10 @@ class AlertEvaluator:
     def _totals(self, rule: Rule, point: int) -> dict[tuple[str, ...], _Totals]:
         """The rule's aggregates per group over the base windows its window covers, ending at `point`."""
         base = rule.base_seconds
-        windows = self._data[base]
+        on_scores = rule.on_scores
+        windows = (self._score_data if on_scores else self._data)[base]
         quantile = rule.metric in _QUANTILE
+        value_key = score_value_key(rule.score_value) if rule.score_value is not None else None
         fields = [GROUP_FIELDS.index(f) for f in rule.group_by]
         totals: dict[tuple[str, ...], _Totals] = {}
         for start in range(point - (rule.windows - 1) * base, point + base, base):
@@ -326,6 +327,16 @@ class AlertEvaluator:
                     t = totals[group] = _Totals()
                 r = row.rollup
                 t.count += r.count
+                if on_scores:
+                    t.value_count += r.value_count
+                    t.value_sum += r.value_sum
+                    if rule.score_label:
+                        t.matched += r.label_counts.get(rule.score_label, 0)
+                    elif value_key is not None:
+                        t.matched += r.value_counts.get(value_key, 0)
+                    else:
+                        t.matched += r.count
+                    continue
                 t.errors += r.error_count
                 t.rate_limits += r.rate_limit_count
                 t.cost += r.cost_usd
@@ -351,6 +362,10 @@ class AlertEvaluator:
             value = t.cost
         elif metric == "cost_per_hour_usd":
             value = t.cost * 3600.0 / rule.window_seconds
+        elif metric == "score_avg":  # judged on the scores that have a value
+            return (t.value_sum / t.value_count if t.value_count else 0.0), t.value_count
+        elif metric == "score_count":
+            value = float(t.matched)
         else:
             value = float(t.count)
         return value, t.count
@@ -375,7 +390,7 @@ class AlertEvaluator:
         for group in sorted(candidates):
             self.stats.evaluations += 1
             value, count = self._value(rule, totals.get(group))
-            needs_data = rule.metric in _QUANTILE or rule.metric == "error_rate"
+            needs_data = rule.metric in _QUANTILE or rule.metric in ("error_rate", "score_avg")
             sufficient = count >= rule.min_count and (count > 0 or not needs_data)
             bad = sufficient and (value > rule.threshold if rule.comparison == ">" else value < rule.threshold)
             st = state.groups.get(group)
@@ -449,7 +464,8 @@ class AlertEvaluator:
         over = f"over {_format_duration(rule.window_seconds)}"
         threshold = _format_value(rule.metric, rule.threshold)
         if state == "resolved" and count < max(rule.min_count, 1):
-            message = f"resolved: {subject}: too few spans ({count}, minimum {rule.min_count}) {over}"
+            items = "scores" if rule.on_scores else "spans"
+            message = f"resolved: {subject}: too few {items} ({count}, minimum {rule.min_count}) {over}"
         else:
             limit = f"threshold {threshold}" if rule.comparison == ">" else f"threshold: below {threshold}"
             message = f"{subject} is {_format_value(rule.metric, value)} ({limit}) {over}"
@@ -461,6 +477,12 @@ class AlertEvaluator:
         labels = {"metric": rule.metric, "comparison": rule.comparison, "count": str(count)}
         labels.update(group_values)
         labels.update({f"filter.{k}": v for k, v in rule.filters.items()})
+        if rule.on_scores:
+            labels["score"] = rule.score
+            if rule.score_label:
+                labels["label"] = rule.score_label
+            elif rule.score_value is not None:
+                labels["value"] = f"{rule.score_value:g}"
         return Alert(
             fired_at=now_ms,
             rule=rule.name,
@@ -493,7 +515,12 @@ class AlertEvaluator:
             for rule in self.rules
         ]
         rollups = [row.rollup for windows in self._data.values() for rows in windows.values() for row in rows.values()]
-        return _encoder.encode(_EvaluatorState(v=_STATE_VERSION, rules=rules, rollups=rollups))
+        score_rollups = [
+            row.rollup for windows in self._score_data.values() for rows in windows.values() for row in rows.values()
+        ]
+        return _encoder.encode(
+            _EvaluatorState(v=_STATE_VERSION, rules=rules, rollups=rollups, score_rollups=score_rollups)
+        )
 
     @classmethod
     def from_state(cls, rules: Sequence[Rule], data: bytes, **options: Any) -> AlertEvaluator:
@@ -512,157 +539,6 @@ class AlertEvaluator:
             rule_state.last_point = saved.last_point
             rule_state.groups = {tuple(g.key): g.state for g in saved.groups}
             rule_state.known = {tuple(key): seen for key, seen in saved.known}
-        for rollup in sorted(state.rollups, key=lambda r: r.window_start):
+        for rollup in sorted([*state.rollups, *state.score_rollups], key=lambda r: r.window_start):
             evaluator._store(rollup)
         return evaluator
-
-
-# --- the webhook ----------------------------------------------------------------------------------------
-
-_COLORS = {"critical": "#d92d20", "warning": "#f5a524", "info": "#2e90fa", "resolved": "#17b26a"}
-
-
-def slack_payload(alert: Alert) -> dict[str, Any]:
-    """A Slack incoming-webhook message (also accepted by Mattermost, Rocket.Chat, Discord's /slack)."""
-    state = "RESOLVED" if alert.state == "resolved" else alert.severity.upper()
-    return {
-        "text": f"[{state}] {alert.rule}: {alert.message}",
-        "attachments": [
-            {
-                "color": _COLORS["resolved" if alert.state == "resolved" else alert.severity],
-                "title": f"{alert.rule} — {alert.state}",
-                "text": alert.message,
-                "fields": [
-                    {"title": "service", "value": alert.service, "short": True},
-                    {"title": "severity", "value": alert.severity, "short": True},
-                    {"title": "value", "value": f"{alert.value:g}", "short": True},
-                    {"title": "threshold", "value": f"{alert.threshold:g}", "short": True},
-                ],
-                "footer": "tracehouse",
-                "ts": alert.fired_at // 1000,
-            }
-        ],
-    }
-
-
-@dataclass
-class NotifierStats:
-    sent: int = 0
-    failed: int = 0  # gave up: retries exhausted or the endpoint refused (4xx other than 429)
-    dropped: int = 0  # the queue was full, or the notifier was closed
-    retries: int = 0
-
-
-_STOP = object()
-
-
-class WebhookNotifier:
-    """Posts alerts to a webhook from a background task, with bounded queue and retries.
-
-    `notify()` must be called from the event loop's thread; it only enqueues. Transient failures
-    (connection errors, timeouts, 429, 5xx) are retried with exponential backoff and jitter (honouring
-    Retry-After up to `backoff_max`); other 4xx answers are not retried. Alerts are delivered in order.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        timeout: float = 5.0,
-        max_retries: int = 5,
-        *,
-        queue_size: int = 1000,
-        backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
-    ) -> None:
-        self.url = url
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.stats = NotifierStats()
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def notify(self, alert: Alert) -> bool:
-        """Queue an alert for sending; False (and counted) when the queue is full or closed."""
-        if self._closed:
-            self.stats.dropped += 1
-            return False
-        try:
-            self._queue.put_nowait(alert)
-        except asyncio.QueueFull:
-            self.stats.dropped += 1
-            log.warning("alert webhook queue full: dropped an alert of rule %s", alert.rule)
-            return False
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="tracehouse-webhook")
-        return True
-
-    async def close(self, timeout: float = 60.0) -> None:
-        """Send everything queued (within `timeout`), then stop; later notify() calls drop."""
-        self._closed = True
-        task = self._task
-        if task is None:
-            return
-
-        async def drain() -> None:
-            await self._queue.put(_STOP)
-            await task
-
-        if not task.done():
-            try:
-                await asyncio.wait_for(drain(), timeout)
-            except asyncio.TimeoutError:
-                log.warning("alert webhook: could not send the queued alerts within %.0f s", timeout)
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        while not self._queue.empty():  # what the sender never got to
-            if self._queue.get_nowait() is not _STOP:
-                self.stats.dropped += 1
-
-    async def _run(self) -> None:
-        import aiohttp  # only the notifier needs it
-
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                alert = await self._queue.get()
-                if alert is _STOP:
-                    return
-                try:
-                    await self._deliver(session, alert)
-                except Exception:  # never let one alert kill the sender
-                    self.stats.failed += 1
-                    log.exception("alert webhook: unexpected error")
-
-    async def _deliver(self, session: Any, alert: Alert) -> None:
-        import aiohttp
-
-        payload = slack_payload(alert)
-        problem = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.stats.retries += 1
-            retry_after: float | None = None
-            try:
-                async with session.post(self.url, json=payload) as response:
-                    if 200 <= response.status < 300:
-                        self.stats.sent += 1
-                        return
-                    problem = f"HTTP {response.status}"
-                    if response.status != 429 and response.status < 500:
-                        break  # the endpoint refuses this request: retrying will not help
-                    with contextlib.suppress(TypeError, ValueError):
-                        retry_after = float(response.headers.get("Retry-After", ""))
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if attempt < self.max_retries:
-                delay = min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() / 2)
-                if retry_after is not None:
-                    delay = min(self.backoff_max, max(delay, retry_after))
-                await asyncio.sleep(delay)
-        self.stats.failed += 1
-        log.warning("alert webhook: gave up on an alert of rule %s (%s)", alert.rule, problem)

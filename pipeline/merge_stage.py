@@ -1,102 +1,41 @@
-"""The rollup and alert stages the Faust app plugs around its span processor.
-
-- `PartitionWindows`: one partition's tumbling windows (10 s for alerting, 60 s for dashboards), closed
-  by event time while a backlog is replayed and by the wall clock when live, snapshot-able as one blob.
-- `MergerStage`: merges the partitions' running window totals into final rollups, evaluates the alert
-  rules on them, publishes both, notifies a webhook, and checkpoints its state like the span processor:
-  an input event is acknowledged only after a snapshot that covers it.
+"""The merger's stage, which the Faust app plugs in beside its span processor: it merges the partitions'
+running window totals (pipeline/merger.py) into final rollups (spans' on `tracehouse.rollups`, scores' on
+`tracehouse.score-rollups`), evaluates the alert rules on them
+(pipeline/alert_evaluator.py), publishes both, notifies a webhook (pipeline/alert_notify.py), and
+checkpoints its state like the span processor: an input event is acknowledged only after a snapshot that
+covers it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from tracehouse.pipeline.alert_rules import Rule, default_rules, load_rules
-from tracehouse.pipeline.alerts import AlertEvaluator, WebhookNotifier
+from tracehouse.core import settings
+from tracehouse.core.alerts import encode_alerts
+from tracehouse.core.rollups import decode_partial_batch, encode_rollups, encode_score_rollups
+from tracehouse.pipeline.alert_evaluator import AlertEvaluator
+from tracehouse.pipeline.alert_notify import WebhookNotifier
+from tracehouse.pipeline.alert_rules import Rule, load_alert_rules
 from tracehouse.pipeline.checkpoint import HeldEvents
-from tracehouse.pipeline.outputs import encode_alerts, encode_rollups
+from tracehouse.pipeline.merger import RollupMerger, ScoreRollupMerger
+from tracehouse.pipeline.partition_windows import WindowOptions
 from tracehouse.pipeline.processor import Sendable, write_snapshot
-from tracehouse.pipeline.rollups import RollupMerger, RollupPartialRecord, WindowAggregator, decode_partials
-from tracehouse.pipeline.span_view import AnySpan
 
 log = logging.getLogger("tracehouse.worker")
 
 ROLLUPS_PER_MESSAGE = 5_000
 
 
-@dataclass(frozen=True)
-class WindowOptions:
-    """Window sizes and how long each accepts late data."""
-
-    sizes: tuple[int, ...] = (10, 60)
-    grace_s: float = 0.5  # a window closes this long after its end (late spans then make revisions)
-    retention_s: dict[int, int] | None = None  # closed windows kept for revisions; default below
-    merge_delay_s: float = 1.2  # the merger waits this long after a window's end for every partition
-
-    def retention(self, size: int) -> int:
-        if self.retention_s and size in self.retention_s:
-            return self.retention_s[size]
-        return 120 if size < 60 else 600
-
-
-class _WindowsState(msgspec.Struct):
-    aggregators: list[bytes]
-
-
-class PartitionWindows:
-    """All window sizes of one partition behind one add/due/snapshot interface."""
-
-    def __init__(self, partition: int, options: WindowOptions, state: bytes | None = None) -> None:
-        self.options = options
-        if state:
-            blobs = msgspec.msgpack.decode(state, type=_WindowsState).aggregators
-            self.aggregators = [WindowAggregator.from_state(blob) for blob in blobs]
-        else:
-            self.aggregators = [
-                WindowAggregator(size, options.grace_s, partition=partition, retention_seconds=options.retention(size))
-                for size in options.sizes
-            ]
-        self._last_arrival = time.time()
-
-    def add(self, span: AnySpan, cost: float) -> None:
-        for aggregator in self.aggregators:
-            aggregator.add(span, cost)
-        self._last_arrival = time.time()
-
-    def due(self, now_s: float) -> list[RollupPartialRecord]:
-        out: list[RollupPartialRecord] = []
-        quiet_for = now_s - self._last_arrival
-        for aggregator in self.aggregators:
-            event_time = aggregator.event_time_s
-            live = event_time is None or quiet_for > aggregator.window_seconds + aggregator.grace_seconds
-            # Catching up on a backlog: close windows by event time, not all at once by the clock.
-            out.extend(aggregator.due(now_s if live else min(now_s, event_time)))
-        return out
-
-    def to_state(self) -> bytes:
-        return msgspec.msgpack.encode(_WindowsState([a.to_state() for a in self.aggregators]))
-
-
-def windows_factory(options: WindowOptions | None = None) -> Callable[[int, bytes | None], PartitionWindows]:
-    opts = options or WindowOptions()
-    return lambda partition, state: PartitionWindows(partition, opts, state)
-
-
-# ---- the merger --------------------------------------------------------------------------------------
-
-
 class _MergerState(msgspec.Struct):
     next_offset: int
     merger: bytes
     evaluator: bytes
+    scores: bytes = b""  # the score merger's state (absent in snapshots written before scores)
 
 
 MERGER_KEY = b"merger"
@@ -112,11 +51,13 @@ class MergerStage:
         rollups_out: Sendable,
         alerts_out: Sendable,
         rules: list[Rule],
+        score_rollups_out: Sendable | None = None,
         options: WindowOptions,
         webhook_url: str | None = None,
         checkpoint_interval_s: float = 2.0,
     ) -> None:
         self.rollups_out = rollups_out
+        self.score_rollups_out = score_rollups_out
         self.alerts_out = alerts_out
         self.rules = rules
         self.options = options
@@ -130,6 +71,7 @@ class MergerStage:
 
     def _reset(self) -> None:
         self.merger = RollupMerger(merge_delay_seconds=self.options.merge_delay_s)
+        self.score_merger = ScoreRollupMerger(merge_delay_seconds=self.options.merge_delay_s)
         self.evaluator = AlertEvaluator(self.rules, base_windows=self.options.sizes)
         self.floor = 0  # partials below this offset are already in the restored state
         self.next_offset = 0
@@ -155,6 +97,8 @@ class MergerStage:
             return
         state = msgspec.msgpack.decode(raw, type=_MergerState)
         self.merger = RollupMerger.from_state(state.merger)
+        if state.scores:
+            self.score_merger = ScoreRollupMerger.from_state(state.scores)
         self.evaluator = AlertEvaluator.from_state(self.rules, state.evaluator, base_windows=self.options.sizes)
         self.floor = self.next_offset = state.next_offset
         log.info("merger: restored state up to offset %d", state.next_offset)
@@ -165,8 +109,11 @@ class MergerStage:
         message = event.message
         offset = message.offset
         if offset >= self.floor and message.value:
-            for record in decode_partials(message.value):
+            batch = decode_partial_batch(message.value)
+            for record in batch.partials:
                 self.merger.add(record)
+            for score_record in batch.scores:
+                self.score_merger.add(score_record)
             self.dirty = True
         self.next_offset = offset + 1
         self.held.hold(message.partition, offset, event)
@@ -176,11 +123,17 @@ class MergerStage:
             if not self.ready():
                 return
             self._restore()
-        rollups = self.merger.due(time.time())
-        if rollups:
+        now = time.time()
+        rollups = self.merger.due(now)
+        score_rollups = self.score_merger.due(now)  # the same windows close at the same tick
+        if rollups or score_rollups:
             for i in range(0, len(rollups), ROLLUPS_PER_MESSAGE):
                 await self.rollups_out.send(value=encode_rollups(rollups[i : i + ROLLUPS_PER_MESSAGE]))
-            alerts = self.evaluator.process(rollups)
+            if self.score_rollups_out is not None:
+                for i in range(0, len(score_rollups), ROLLUPS_PER_MESSAGE):
+                    chunk = score_rollups[i : i + ROLLUPS_PER_MESSAGE]
+                    await self.score_rollups_out.send(value=encode_score_rollups(chunk))
+            alerts = self.evaluator.process(rollups, scores=score_rollups)
             if alerts:
                 await self.alerts_out.send(value=encode_alerts(alerts))
                 for alert in alerts:
@@ -193,7 +146,9 @@ class MergerStage:
 
     async def checkpoint(self) -> None:
         if self.dirty and self.table is not None:
-            state = _MergerState(self.next_offset, self.merger.to_state(), self.evaluator.to_state())
+            state = _MergerState(
+                self.next_offset, self.merger.to_state(), self.evaluator.to_state(), self.score_merger.to_state()
+            )
             write_snapshot(self.table, 0, MERGER_KEY, msgspec.msgpack.encode(state))
             self.dirty = False
         self.last_checkpoint = time.monotonic()
@@ -205,17 +160,18 @@ class MergerStage:
             await self.webhook.close()
 
 
-def load_alert_rules(path: str | None = None) -> list[Rule]:
-    """Rules from `TRACEHOUSE_ALERT_RULES` (a TOML file) or the built-in defaults."""
-    path = path or os.environ.get("TRACEHOUSE_ALERT_RULES")
-    return load_rules(Path(path)) if path else default_rules()
-
-
-def build_merger(*, rollups_out: Sendable, alerts_out: Sendable, options: WindowOptions | None = None) -> MergerStage:
+def build_merger(
+    *,
+    rollups_out: Sendable,
+    alerts_out: Sendable,
+    score_rollups_out: Sendable | None = None,
+    options: WindowOptions | None = None,
+) -> MergerStage:
     return MergerStage(
         rollups_out=rollups_out,
         alerts_out=alerts_out,
+        score_rollups_out=score_rollups_out,
         rules=load_alert_rules(),
         options=options or WindowOptions(),
-        webhook_url=os.environ.get("TRACEHOUSE_ALERT_WEBHOOK") or None,
+        webhook_url=settings.get(settings.ALERT_WEBHOOK),
     )

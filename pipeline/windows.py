@@ -1,13 +1,10 @@
-"""Tumbling-window rollups per (service, kind, name, model): partial on each worker, final at a merger.
+"""A worker's tumbling windows: per (service, kind, name, model), one partition's running aggregates.
 
 Public API:
-    RollupKey(service, kind, name, model)           NamedTuple; the group of a span
     rollup_key(span) -> RollupKey
-    is_rate_limited(span) -> bool
+    is_rate_limited(span) -> bool                   by the one rule of core/error_types.py
     WindowPartial()                                 one group's aggregates in one window, on one partition
       .add_span(span, cost_usd) / .merge(other) / .to_record(...) / WindowPartial.from_record(record)
-    RollupPartialRecord                             msgspec Struct: worker -> merger (tracehouse.rollups)
-    encode_partials(records) -> bytes / decode_partials(data) -> list[RollupPartialRecord]
     WindowAggregator(window_seconds, grace_seconds, *, partition=0, max_groups=1000,
                      retention_seconds=600, max_future_seconds=3600, clock=time.time)
       .add(span, cost_usd)                          hot path, once per span
@@ -15,11 +12,10 @@ Public API:
       .event_time_s -> int | None                   end of the newest window with data (for catch-up)
       .to_state() -> bytes / WindowAggregator.from_state(data, clock=time.time)
       .stats -> AggregatorStats
-    Rollup                                          msgspec Struct, exactly the `rollups` table's columns
-    RollupMerger(merge_delay_seconds=10, retention_seconds=720)
-      .add(record) -> bool                          False: a duplicate, stale or too old partial
-      .due(now_s) -> list[Rollup]                   final rows, and revised rows after late partials
-      .to_state() -> bytes / RollupMerger.from_state(data)
+
+The records it emits (RollupPartialRecord, on topics.PARTIALS_TOPIC) are in core/rollups.py; the merger
+that turns every partition's partials into final `Rollup` rows is pipeline/merger.py; all window sizes of
+a partition behind one interface is pipeline/partition_windows.py.
 
 Event time is the span's end time, floored to the window. A worker keeps one aggregator per Kafka
 partition it owns (and per window size); open windows live in memory, never in a per-span Faust Table
@@ -44,38 +40,21 @@ further ahead — a producer with a broken clock — are counted into the curren
 
 from __future__ import annotations
 
-import base64
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import msgspec
 
-from tracehouse.core.schema import Event
-from tracehouse.pipeline.sketch import LatencySketch
-from tracehouse.pipeline.span_view import AnySpan, WorkEvent
+from tracehouse.core import error_types
+from tracehouse.core.rollups import OTHER_KEY, RollupKey, RollupPartialRecord
+from tracehouse.core.sketch import LatencySketch
+from tracehouse.pipeline.span_view import AnySpan
 
-OTHER = "__other__"
-RATE_LIMIT = "rate_limit"
-# Lower-cased fragments of exception type names meaning "slow down" (as in tracehouse.producers.errors),
-# for spans from OTel sources that record the exception but set no `error.type`.
-_RATE_LIMIT_NAMES = ("ratelimit", "rate_limit", "toomanyrequests", "throttl", "resourceexhausted")
 _NS = 1_000_000_000
 _STATE_VERSION = 1
-
-
-class RollupKey(NamedTuple):
-    """The group a span is rolled up in. A plain tuple underneath: hashes and compares as one."""
-
-    service: str
-    kind: str
-    name: str
-    model: str
-
-
-OTHER_KEY = RollupKey(OTHER, OTHER, OTHER, OTHER)
+_rate_limited = error_types.is_rate_limited
 
 
 def rollup_key(span: AnySpan) -> RollupKey:
@@ -83,72 +62,11 @@ def rollup_key(span: AnySpan) -> RollupKey:
     return RollupKey(span.service, span.kind, span.name, llm.model if llm is not None else "")
 
 
-def _exceptions_say_rate_limit(events: list[Event] | tuple[WorkEvent, ...]) -> bool:
-    for event in events:
-        if event.name == "exception":
-            exc_type = event.attributes.get("exception.type", "").lower()
-            if any(fragment in exc_type for fragment in _RATE_LIMIT_NAMES):
-                return True
-    return False
-
-
 def is_rate_limited(span: AnySpan) -> bool:
-    """`error.type == "rate_limit"` (what our SDK sets); without `error.type`, a rate-limit exception."""
+    """Whether the span counts in `rate_limit_count`: exactly when `spans.error_type` is "rate_limit"."""
     attributes = span.attributes
-    error_type = attributes.get("error.type") if attributes else None
-    if error_type is not None:
-        return error_type == RATE_LIMIT
-    return bool(span.events) and _exceptions_say_rate_limit(span.events)
-
-
-class RollupPartialRecord(msgspec.Struct, kw_only=True):
-    """One partition's cumulative aggregates for one (window, group): what a worker sends the merger.
-
-    `revision` 0 is the window's first closing on that partition; each re-emission after late spans
-    increments it. The record is cumulative, so a later revision replaces an earlier one.
-    """
-
-    window_start: int  # epoch seconds
-    window_seconds: int
-    service: str
-    kind: str
-    name: str
-    model: str
-    partition: int
-    revision: int
-    count: int
-    error_count: int
-    rate_limit_count: int
-    latency_max_ms: float
-    latency_sketch: bytes  # LatencySketch.to_bytes()
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int
-    reasoning_tokens: int
-    cost_usd: float
-
-    @property
-    def key(self) -> RollupKey:
-        return RollupKey(self.service, self.kind, self.name, self.model)
-
-
-class RollupPartialBatch(msgspec.Struct):
-    """One Kafka message on `tracehouse.rollups`: many partial records."""
-
-    partials: list[RollupPartialRecord]
-    v: int = 1
-
-
-_batch_encoder = msgspec.msgpack.Encoder()
-_batch_decoder = msgspec.msgpack.Decoder(RollupPartialBatch)
-
-
-def encode_partials(records: list[RollupPartialRecord]) -> bytes:
-    return _batch_encoder.encode(RollupPartialBatch(partials=records))
-
-
-def decode_partials(data: bytes) -> list[RollupPartialRecord]:
-    return _batch_decoder.decode(data).partials
+    explicit = attributes.get("error.type") if attributes else None
+    return _rate_limited(explicit, span.events, span.status, span.status_message)
 
 
 class WindowPartial:
@@ -184,14 +102,15 @@ class WindowPartial:
     def add_span(self, span: AnySpan, cost_usd: float) -> None:
         self.count += 1
         self.sketch.add((span.end_time_ns - span.start_time_ns) / 1e6)
-        if span.status == "ERROR":
+        status = span.status
+        failed = status == "ERROR"
+        if failed:
             self.error_count += 1
+        # The common span (no error.type, no events, no error) pays two lookups here, not a call.
         attributes = span.attributes
-        error_type = attributes.get("error.type") if attributes else None
-        if error_type is not None:
-            if error_type == RATE_LIMIT:
-                self.rate_limit_count += 1
-        elif span.events and _exceptions_say_rate_limit(span.events):
+        explicit = attributes.get("error.type") if attributes else None
+        events = span.events
+        if (explicit or events or failed) and _rate_limited(explicit, events, status, span.status_message):
             self.rate_limit_count += 1
         usage = span.usage
         if usage is not None:
@@ -533,214 +452,3 @@ class WindowAggregator:
             agg._late.setdefault(record.window_start, {})[record.key] = WindowPartial.from_record(record)
         agg.stats = AggregatorStats(**state.stats)
         return agg
-
-
-# --- the merger -----------------------------------------------------------------------------------------
-
-
-class Rollup(msgspec.Struct, kw_only=True):
-    """A final rollup row: exactly the columns of the `rollups` table, in its order.
-
-    `latency_sketch` is the merged LatencySketch, base64 of its msgpack form (the column is a String),
-    so any window range can be re-merged later for exact-to-1 % quantiles over longer periods.
-    """
-
-    window_start: int  # epoch seconds
-    window_seconds: int
-    service: str
-    kind: str
-    name: str
-    model: str
-    count: int
-    error_count: int
-    rate_limit_count: int
-    latency_p50_ms: float
-    latency_p95_ms: float
-    latency_p99_ms: float
-    latency_max_ms: float
-    latency_sketch: str
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int
-    reasoning_tokens: int
-    cost_usd: float
-
-    @property
-    def key(self) -> RollupKey:
-        return RollupKey(self.service, self.kind, self.name, self.model)
-
-    def sketch(self) -> LatencySketch:
-        return LatencySketch.from_bytes(base64.b64decode(self.latency_sketch))
-
-
-def merge_records(records: list[RollupPartialRecord]) -> Rollup:
-    """One row from the partitions' records of the same (window, group)."""
-    first = records[0]
-    sketch = LatencySketch()
-    total = WindowPartial()
-    total.sketch = sketch
-    for record in sorted(records, key=lambda r: r.partition):
-        total.merge(WindowPartial.from_record(record))
-    p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
-    return Rollup(
-        window_start=first.window_start,
-        window_seconds=first.window_seconds,
-        service=first.service,
-        kind=first.kind,
-        name=first.name,
-        model=first.model,
-        count=total.count,
-        error_count=total.error_count,
-        rate_limit_count=total.rate_limit_count,
-        latency_p50_ms=p50,
-        latency_p95_ms=p95,
-        latency_p99_ms=p99,
-        latency_max_ms=sketch.max,
-        latency_sketch=base64.b64encode(sketch.to_bytes()).decode("ascii"),
-        input_tokens=total.input_tokens,
-        output_tokens=total.output_tokens,
-        cached_tokens=total.cached_tokens,
-        reasoning_tokens=total.reasoning_tokens,
-        cost_usd=total.cost_usd,
-    )
-
-
-@dataclass
-class MergerStats:
-    accepted: int = 0
-    duplicates: int = 0  # same or older cumulative record of a (window, group, partition): ignored
-    too_old: int = 0  # for a window older than the retention: dropped
-    rollups: int = 0
-    revisions: int = 0
-
-
-class _MergeWindow(msgspec.Struct):
-    window_start: int
-    window_seconds: int
-    emitted: bool = False
-    # group -> partition -> that partition's latest cumulative record
-    groups: dict[tuple[str, str, str, str], dict[int, RollupPartialRecord]] = {}
-    dirty: set[tuple[str, str, str, str]] = set()
-
-
-class _MergeWindowState(msgspec.Struct):
-    emitted: bool
-    dirty: list[tuple[str, str, str, str]]
-    records: list[RollupPartialRecord]
-
-
-class _MergerState(msgspec.Struct):
-    v: int
-    merge_delay_seconds: float
-    retention_seconds: float
-    last_now: float | None
-    windows: list[_MergeWindowState]
-    stats: dict[str, int]
-
-
-_merger_state_decoder = msgspec.msgpack.Decoder(_MergerState)
-
-
-class RollupMerger:
-    """Merges the partitions' partial records into final `Rollup` rows, and revises them."""
-
-    def __init__(self, merge_delay_seconds: float = 10.0, retention_seconds: float = 720.0) -> None:
-        self.merge_delay_seconds = float(merge_delay_seconds)
-        self.retention_seconds = float(retention_seconds)
-        self.stats = MergerStats()
-        self._windows: dict[tuple[int, int], _MergeWindow] = {}
-        self._last_now: float | None = None
-
-    def add(self, record: RollupPartialRecord) -> bool:
-        """Take one partial record; False when it changes nothing (duplicate, stale or too old)."""
-        wkey = (record.window_seconds, record.window_start)
-        window = self._windows.get(wkey)
-        if window is None:
-            end = record.window_start + record.window_seconds
-            if self._last_now is not None and end < self._last_now - self.retention_seconds:
-                self.stats.too_old += 1
-                return False
-            window = self._windows[wkey] = _MergeWindow(
-                window_start=record.window_start, window_seconds=record.window_seconds, groups={}, dirty=set()
-            )
-        gkey = (record.service, record.kind, record.name, record.model)
-        by_partition = window.groups.get(gkey)
-        if by_partition is None:
-            by_partition = window.groups[gkey] = {}
-        previous = by_partition.get(record.partition)
-        # Cumulative records only grow, so the larger count is the newer (or the same) one.
-        if previous is not None and record.count <= previous.count:
-            self.stats.duplicates += 1
-            return False
-        by_partition[record.partition] = record
-        self.stats.accepted += 1
-        if window.emitted:
-            window.dirty.add(gkey)
-        return True
-
-    def due(self, now_s: float) -> list[Rollup]:
-        """Rows of the windows whose end + merge_delay <= now_s, and revised rows (merged totals) of
-        emitted windows that received partials since; forgets emitted windows past the retention."""
-        now_s = float(now_s)
-        if self._last_now is not None and now_s < self._last_now:
-            now_s = self._last_now
-        self._last_now = now_s
-        out: list[Rollup] = []
-        for wkey in sorted(self._windows):
-            window = self._windows[wkey]
-            if not window.emitted:
-                if window.window_start + window.window_seconds + self.merge_delay_seconds > now_s:
-                    continue
-                window.emitted = True
-                groups = sorted(window.groups)
-            elif window.dirty:
-                groups = sorted(window.dirty)
-                self.stats.revisions += len(groups)
-            else:
-                continue
-            window.dirty = set()
-            for gkey in groups:
-                out.append(merge_records(list(window.groups[gkey].values())))
-        self.stats.rollups += len(out)
-        horizon = now_s - self.retention_seconds
-        for wkey in [k for k, w in self._windows.items() if w.emitted and w.window_start + w.window_seconds < horizon]:
-            del self._windows[wkey]
-        return out
-
-    def to_state(self) -> bytes:
-        windows = [
-            _MergeWindowState(
-                emitted=w.emitted,
-                dirty=sorted(w.dirty),
-                records=[r for by_partition in w.groups.values() for r in by_partition.values()],
-            )
-            for w in self._windows.values()
-        ]
-        return _state_encoder.encode(
-            _MergerState(
-                v=_STATE_VERSION,
-                merge_delay_seconds=self.merge_delay_seconds,
-                retention_seconds=self.retention_seconds,
-                last_now=self._last_now,
-                windows=windows,
-                stats=dict(vars(self.stats)),
-            )
-        )
-
-    @classmethod
-    def from_state(cls, data: bytes) -> RollupMerger:
-        state = _merger_state_decoder.decode(data)
-        if state.v != _STATE_VERSION:
-            raise ValueError(f"merger state version {state.v} is not {_STATE_VERSION}")
-        merger = cls(state.merge_delay_seconds, state.retention_seconds)
-        for saved in state.windows:
-            for record in saved.records:
-                merger.add(record)
-            if saved.records:
-                first = saved.records[0]
-                window = merger._windows[(first.window_seconds, first.window_start)]
-                window.emitted = saved.emitted
-                window.dirty = set(saved.dirty)
-        merger._last_now = state.last_now
-        merger.stats = MergerStats(**state.stats)
-        return merger
