@@ -37,6 +37,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from tracehouse.core import topics
 from tracehouse.core.kafka_security import kafka_client_options
+from tracehouse.core.retry import Backoff, GaveUp, Outcome, Policy, retry, sleep_unless_stopped
 from tracehouse.core.schema import Span
 from tracehouse.core.scores import Score
 
@@ -45,6 +46,22 @@ from .span_limits import MAX_MESSAGE_BYTES
 from .span_messages import MessageEncoder, SpanMessage, SpanMessageEncoder
 
 log = logging.getLogger("tracehouse.producers")
+
+CONNECT_BACKOFF_MAX_S = 10.0  # the longest wait between attempts to reach the broker
+SEND_BACKOFF_MAX_S = 5.0  # the longest wait between resends of refused or unanswered messages
+STOPPING_GRACE_S = 5.0  # after shutdown(), how long a failing send is still retried (without waiting)
+
+
+def _connect_outcome(exc: BaseException) -> Outcome:
+    """Starting a producer: an unreachable or not yet ready broker is worth waiting for; anything else is a
+    bug or a configuration the loop cannot fix."""
+    return Outcome.RETRIABLE if isinstance(exc, (KafkaError, OSError)) else Outcome.FATAL
+
+
+def _send_outcome(exc: BaseException) -> Outcome:
+    """A message the broker refused as too large is split or shrunk; every other failure is resent (the
+    idempotent producer keeps a resend from being stored twice) until `max_retry_s`."""
+    return Outcome.BAD_CONTENT if isinstance(exc, MessageSizeTooLargeError) else Outcome.RETRIABLE
 
 
 @dataclass
@@ -105,6 +122,7 @@ class SpanTransport:
         self._idle = threading.Condition()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None  # set with `_stopping`, in the loop: wakes any backoff
         self._start_thread()
         atexit.register(self.shutdown)
         if hasattr(os, "register_at_fork"):
@@ -214,15 +232,29 @@ class SpanTransport:
             scores.shutdown(timeout)
         self.flush(timeout)
         self._stopping = True
+        self._wake_backoffs()
         if self._loop is not None and self._thread.is_alive():
             self._thread.join(timeout=10)
         atexit.unregister(self.shutdown)
 
     # ---- background side --------------------------------------------------------------------
 
+    def _wake_backoffs(self) -> None:
+        """Set the loop's stop event from the application's thread, so no backoff is waited out."""
+        loop, stop = self._loop, self._stop
+        if loop is None or stop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # the loop is already closed
+            pass
+
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
+        self._stop = asyncio.Event()
+        if self._stopping:
+            self._stop.set()
         self._started.set()
         try:
             loop.run_until_complete(self._main())
@@ -230,9 +262,10 @@ class SpanTransport:
             loop.close()
 
     async def _connect(self) -> tuple[AIOKafkaProducer, int]:
-        """Start the Kafka producer, retrying while the broker is unreachable."""
-        backoff = self.retry_backoff_s
-        while True:
+        """Start the Kafka producer, retrying while the broker is unreachable; once stopping, the last
+        failure is raised."""
+
+        async def start() -> tuple[AIOKafkaProducer, int]:
             producer = new_producer(
                 self.bootstrap,
                 client_id=self.client_id,
@@ -244,23 +277,19 @@ class SpanTransport:
             try:
                 await producer.start()
                 partitions = await producer.partitions_for(self.topic)
-                return producer, max(len(partitions), 1)
-            except (KafkaError, OSError) as exc:
+            except BaseException:
                 await producer.stop()
-                if self._stopping:
-                    raise
-                log.warning("kafka at %s unavailable (%s); retrying in %.1fs", self.bootstrap, exc, backoff)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                raise
+            return producer, max(len(partitions), 1)
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake within 0.1 s of `shutdown()` so exiting never waits out a long backoff."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(min(remaining, 0.1))
+        def said(exc: BaseException, failures: int, delay: float) -> None:
+            log.warning("kafka at %s unavailable (%s); retrying in %.1fs", self.bootstrap, exc, delay)
+
+        policy = Policy(initial_s=self.retry_backoff_s, max_s=CONNECT_BACKOFF_MAX_S)
+        try:
+            return await retry(start, _connect_outcome, policy, stop=self._stop, on_retry=said)
+        except GaveUp as gave_up:
+            raise gave_up.last from None
 
     async def _main(self) -> None:
         """Run the send loop; an unexpected error is logged, the spans in flight are counted as failed,
@@ -276,7 +305,7 @@ class SpanTransport:
                 if self._stopping:
                     self._give_up_queue()
                     return
-                await self._sleep(1.0)
+                await sleep_unless_stopped(self._stop, 1.0)
 
     async def _pump(self) -> None:
         producer: AIOKafkaProducer | None = None
@@ -355,20 +384,20 @@ class SpanTransport:
         broker refused the old one's sequence numbers)."""
         messages = self._messages(spans, partitions)
         self._in_flight = sum(len(m[2]) for m in messages)  # spans dropped while encoding are accounted
-        backoff = self.retry_backoff_s
-        started = time.monotonic()
+        policy = Policy(initial_s=self.retry_backoff_s, max_s=SEND_BACKOFF_MAX_S, deadline_s=self.max_retry_s)
+        backoff = Backoff(policy, self._stop)
         while messages:
             results = await asyncio.gather(*(self._send_one(producer, m) for m in messages))
-            retry: list[SpanMessage] = []
+            again: list[SpanMessage] = []
             for message, result in zip(messages, results, strict=True):
-                if isinstance(result, MessageSizeTooLargeError):
-                    retry.extend(self._split_too_large(message))
-                elif isinstance(result, BaseException):
-                    retry.append(message)
-                else:
+                if not isinstance(result, BaseException):
                     self.stats.sent += len(message[2])
                     self.stats.messages += 1
-            messages = retry
+                elif _send_outcome(result) is Outcome.BAD_CONTENT:
+                    again.extend(self._split_too_large(message))
+                else:
+                    again.append(message)
+            messages = again
             self._in_flight = sum(len(m[2]) for m in messages)
             if not messages:
                 return producer
@@ -376,8 +405,9 @@ class SpanTransport:
             # producer's sequence for its partition: only a new producer can send there again.
             if any(isinstance(r, (*BROKEN_SEQUENCE, MessageSizeTooLargeError)) for r in results):
                 producer = await self._renew(producer)
-            waited = time.monotonic() - started
-            if waited > self.max_retry_s or (self._stopping and waited > 5):
+            delay = backoff.failed()
+            waited = backoff.elapsed
+            if backoff.expired or (self._stopping and waited > STOPPING_GRACE_S):
                 self.stats.failed += sum(len(m[2]) for m in messages)
                 log.error(
                     "gave up on %d spans after %.0fs of send failures",
@@ -389,5 +419,4 @@ class SpanTransport:
             self.stats.retries += 1
             first_error = next((r for r in results if isinstance(r, BaseException)), None)
             log.warning("kafka send failed for %d messages (%s); retrying", len(messages), first_error)
-            await self._sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            await backoff.sleep(delay)  # cut short by shutdown: resent at once until the grace is over

@@ -29,13 +29,14 @@ from clickhouse_connect.driver.asyncclient import AsyncClient
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
 from tracehouse.core.kafka_security import kafka_client_options
+from tracehouse.core.retry import GaveUp, Outcome, retry
 from tracehouse.core.topic_admin import wait_for_topics
 from tracehouse.sinks.batching import Batch, Lane
 from tracehouse.sinks.clickhouse import async_client
 from tracehouse.sinks.metrics import MetricsServer
 from tracehouse.sinks.options import SinkOptions, SinkStats
 from tracehouse.sinks.routes import Route
-from tracehouse.sinks.writer import Writer, sleep_unless_stopped
+from tracehouse.sinks.writer import Writer
 
 log = logging.getLogger("tracehouse.sink")
 
@@ -163,25 +164,33 @@ class ConsumerLoop:
     async def _connect_clickhouse(self, stop: asyncio.Event) -> AsyncClient | None:
         """Connect, waiting as long as it takes (ClickHouse down, or its database not made by `migrate` yet).
 
-        Said once, then retried at most every 2 s: a sink started before `migrate` starts soon after it."""
-        delay = self.options.retry_initial_s
+        Said once, then retried at most every 2 s: a sink started before `migrate` starts soon after it.
+        Every failure is retriable here (connection refused, DNS, auth, no database yet): whatever it is, an
+        operator's fix or a server coming up ends it, and `stop` ends the wait."""
+        url = self.settings.clickhouse_url
         failed = False
-        while not stop.is_set():
-            try:
-                client = await async_client(self.settings.clickhouse)
-            except Exception as exc:  # connection refused, DNS, auth, no database yet: wait and say so
-                if not failed:
-                    log.warning(
-                        "ClickHouse at %s not ready (%s); retrying until it is", self.settings.clickhouse_url, exc
-                    )
+
+        def said(exc: BaseException, failures: int, delay: float) -> None:
+            nonlocal failed
+            if not failed:
                 failed = True
-                await sleep_unless_stopped(stop, delay)
-                delay = min(delay * 2, self.options.retry_max_s, 2.0)
-            else:
-                if failed:
-                    log.info("ClickHouse at %s ready", self.settings.clickhouse_url)
-                return client
-        return None
+                log.warning("ClickHouse at %s not ready (%s); retrying until it is", url, exc)
+
+        if stop.is_set():
+            return None
+        try:
+            client = await retry(
+                lambda: async_client(self.settings.clickhouse),
+                lambda exc: Outcome.RETRIABLE,
+                self.writer.retry_policy(max_s=2.0),
+                stop=stop,
+                on_retry=said,
+            )
+        except GaveUp:
+            return None
+        if failed:
+            log.info("ClickHouse at %s ready", url)
+        return client
 
     def readiness(self) -> tuple[bool, str, dict[str, object]]:
         """Ready once the sink consumes its assigned partitions (for `/health/ready`)."""

@@ -26,6 +26,8 @@ import re
 
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from tracehouse.core.retry import Outcome
+
 
 class ErrorKind(enum.Enum):
     CONTENT = "content"
@@ -33,6 +35,22 @@ class ErrorKind(enum.Enum):
     CONFIGURATION = "configuration"
     PARTITIONS = "partitions"
     UNKNOWN = "unknown"
+
+    @property
+    def outcome(self) -> Outcome:
+        """The family as one of core.retry's classes. CONFIGURATION is retriable for the sink (it waits for
+        the operator's fix with Kafka holding the data, see above), and so is UNKNOWN, a bounded number of
+        times; PARTITIONS is the content's shape (cut the insert, do not wait)."""
+        return _OUTCOMES[self]
+
+
+_OUTCOMES = {
+    ErrorKind.CONTENT: Outcome.BAD_CONTENT,
+    ErrorKind.PARTITIONS: Outcome.BAD_CONTENT,
+    ErrorKind.TRANSIENT: Outcome.RETRIABLE,
+    ErrorKind.CONFIGURATION: Outcome.RETRIABLE,
+    ErrorKind.UNKNOWN: Outcome.RETRIABLE,
+}
 
 
 # The data itself cannot be parsed, converted or accepted.
@@ -202,6 +220,11 @@ def classify(exc: BaseException) -> ErrorKind:
     if isinstance(exc, (OSError, asyncio.TimeoutError)):  # ConnectionError is an OSError
         return ErrorKind.TRANSIENT
     return ErrorKind.UNKNOWN
+
+
+def outcome(exc: BaseException) -> Outcome:
+    """The failure as one of core.retry's classes (for `core.retry.retry`)."""
+    return classify(exc).outcome
 
 
 def fix_for(exc: BaseException) -> str:

@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from clickhouse_connect.driver.asyncclient import AsyncClient
 
-from tracehouse.core import topics
+from tracehouse.core import settings, topics
+from tracehouse.core.retry import Backoff, Outcome, Policy, retry
 from tracehouse.core.schema import DeadLetter, encode_dead_letter
 from tracehouse.sinks.batching import Batch, TableBuffer
 from tracehouse.sinks.ddl import ttl_days
@@ -49,20 +49,12 @@ UNKNOWN_ERROR_ATTEMPTS = 6  # an unclassified failure is retried this often, the
 CONFIG_ERROR_LOG_EVERY_S = 60.0  # a configuration error is logged loudly at most this often
 # Fault injection for tests: die like SIGKILL right between an insert and its offset commit, the one
 # moment that decides exactly-once. Never set in production.
-FAULT_EXIT_BEFORE_COMMIT = "TRACEHOUSE_FAULT_EXIT_BEFORE_COMMIT"
+FAULT_EXIT_BEFORE_COMMIT = settings.FAULT_EXIT_BEFORE_COMMIT.name
 
 
 async def _stream(chunks: list[bytes]) -> AsyncIterator[bytes]:
     for chunk in chunks:
         yield chunk
-
-
-async def sleep_unless_stopped(stop: asyncio.Event, seconds: float) -> None:
-    """Wait `seconds`, or less if `stop` is set meanwhile (a retry must not delay shutdown)."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass
 
 
 class Writer:
@@ -77,8 +69,7 @@ class Writer:
         self.client: AsyncClient | None = None
         self.dlq: AIOKafkaProducer | None = None
         self.final = False  # the final flush is under way: give up on the first failed retry
-        fault = os.environ.get(FAULT_EXIT_BEFORE_COMMIT)
-        self._exit_before_commit = int(fault) if fault else None
+        self._exit_before_commit = settings.get(settings.FAULT_EXIT_BEFORE_COMMIT)
         # What the server allows per insert block (read from it; lowered if it refuses a block anyway), and
         # whether its time zone is UTC: partition keys are UTC days and months, and a local day or month
         # overlaps two of them, so under another zone an insert may hold only half as many.
@@ -86,6 +77,11 @@ class Writer:
         self._server_utc = False
         self._facts_due = 0.0
         self._config_logged: dict[str, float] = {}  # fix -> when it was last logged
+
+    def retry_policy(self, max_s: float | None = None) -> Policy:
+        """The sink's backoff (core.retry): `retry_initial_s` doubling up to `retry_max_s` (or `max_s`)."""
+        cap = self.options.retry_max_s if max_s is None else min(max_s, self.options.retry_max_s)
+        return Policy(initial_s=self.options.retry_initial_s, max_s=cap)
 
     # ---- server facts -----------------------------------------------------------------------
 
@@ -147,8 +143,8 @@ class Writer:
         route = buffer.route
         whole = Piece(buffer.chunks, buffer.counts, buffer.origins, buffer.keys)
         pieces = [whole] if len(buffer.key_set) <= self._block_limit() else self._cut(whole, route)
-        delay = self.options.retry_initial_s
-        attempts = unknown = 0
+        backoff = Backoff(self.retry_policy(), stop)
+        unknown = 0
         while pieces:
             piece = pieces[0]
             try:
@@ -174,9 +170,9 @@ class Writer:
                     )
                     pieces[:1] = self._cut(piece, route)
                     continue
-                attempts += 1
+                delay = backoff.failed()
                 self.stats.retries += 1
-                if stop.is_set() and (self.final or attempts >= 3):
+                if backoff.stopped and (self.final or backoff.failures >= 3):
                     log.warning("stopping with %d rows not inserted (%s); Kafka keeps them", rows, exc)
                     return False
                 if kind is ErrorKind.CONFIGURATION:
@@ -203,11 +199,10 @@ class Writer:
                         route.table,
                         type(exc).__name__,
                         str(exc)[:200],
-                        attempts,
+                        backoff.failures,
                         delay,
                     )
-                await sleep_unless_stopped(stop, delay * (0.5 + random.random()))
-                delay = min(delay * 2, self.options.retry_max_s)
+                await backoff.sleep(delay)  # cut short by `stop`: the next failure then gives up
         return True
 
     def _block_limit(self) -> int:
@@ -299,21 +294,23 @@ class Writer:
 
     async def stored_offsets(self) -> dict[int, int]:
         """The highest offset of `tracehouse.spans` ClickHouse holds, per partition (`ingest_offsets`)."""
-        assert self.client is not None
-        delay = self.options.retry_initial_s
-        while True:
-            try:
-                result = await self.client.query(
-                    f"SELECT partition, max(max_offset) FROM `{self.database}`.ingest_offsets"
-                    " WHERE topic = {topic:String} GROUP BY partition",
-                    parameters={"topic": topics.SPANS},
-                )
-                return {int(p): int(o) for p, o in result.result_rows}
-            except Exception as exc:
-                # Without knowing what is stored we must not read: we could insert twice.
-                log.warning("cannot read stored offsets (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.options.retry_max_s)
+        client = self.client
+        assert client is not None
+
+        async def read() -> dict[int, int]:
+            result = await client.query(
+                f"SELECT partition, max(max_offset) FROM `{self.database}`.ingest_offsets"
+                " WHERE topic = {topic:String} GROUP BY partition",
+                parameters={"topic": topics.SPANS},
+            )
+            return {int(p): int(o) for p, o in result.result_rows}
+
+        def said(exc: BaseException, failures: int, delay: float) -> None:
+            log.warning("cannot read stored offsets (%s); retrying in %.1fs", exc, delay)
+
+        # Without knowing what is stored we must not read: we could insert twice. So every failure is
+        # waited out, with no stop (a rebalance callback awaits this).
+        return await retry(read, lambda exc: Outcome.RETRIABLE, self.retry_policy(), on_retry=said)
 
     async def dead_letter(self, reason: str, stage: str, payload: bytes, tp: TopicPartition, offset: int) -> None:
         assert self.dlq is not None
