@@ -87,10 +87,13 @@ class SenderStats:
 class _Request:
     """One caller's spans, its future, and how many messages carrying them are not yet settled."""
 
-    __slots__ = ("failed", "future", "refused", "spans", "waiting")
+    __slots__ = ("encoded", "failed", "future", "refused", "spans", "waiting")
 
-    def __init__(self, spans: list[Span], future: asyncio.Future[SendOutcome]) -> None:
+    def __init__(
+        self, spans: list[Span], future: asyncio.Future[SendOutcome], encoded: list[bytes] | None = None
+    ) -> None:
         self.spans = spans
+        self.encoded = encoded  # each span's bytes, in order, when the caller has them
         self.future = future
         self.waiting = 0
         self.refused = 0
@@ -241,10 +244,11 @@ class AckedSpanSender:
 
     # ---- the caller's side ----------------------------------------------------------------------
 
-    def submit(self, spans: list[Span]) -> asyncio.Future[SendOutcome]:
+    def submit(self, spans: list[Span], encoded: list[bytes] | None = None) -> asyncio.Future[SendOutcome]:
         """Hand over a request's spans; the future resolves once they are acknowledged or given up.
         The caller checks `connected`, `closing` and `pending` first; spans submitted while closing
-        are answered at once as not sent."""
+        are answered at once as not sent. `encoded`: each span's `schema.encode_span` bytes, in the
+        order of `spans` (the receiver has them from the span limits); put into messages as they are."""
         future: asyncio.Future[SendOutcome] = asyncio.get_running_loop().create_future()
         if self._closing:
             future.set_result(SendOutcome(False, error="the receiver is stopping"))
@@ -252,7 +256,9 @@ class AckedSpanSender:
         if not spans:
             future.set_result(SendOutcome(True))
             return future
-        self._queue.append(_Request(spans, future))
+        if encoded is not None and len(encoded) != len(spans):
+            encoded = None
+        self._queue.append(_Request(spans, future, encoded or None))
         count = len(spans)
         self._queued_spans += count
         self._pending += count
@@ -399,8 +405,12 @@ class AckedSpanSender:
             def owners_of(message_spans: list[Span]) -> Iterable[_Request]:
                 return {owner[id(span)] for span in message_spans}
 
+        encoded = {id(span): data for r in group if r.encoded for span, data in zip(r.spans, r.encoded, strict=True)}
         dropped: list[Span] = []
-        messages = self._encoder.messages(spans, self._partitions, dropped)
+        if encoded:  # only the spans' encoder takes bytes; the scores' has none to take
+            messages = self._encoder.messages(spans, self._partitions, dropped, encoded)  # type: ignore[call-arg]
+        else:
+            messages = self._encoder.messages(spans, self._partitions, dropped)
         self._refuse(dropped, owners_of)
         owned = [(m, tuple(owners_of(m.spans))) for m in messages]
         for _, owners in owned:

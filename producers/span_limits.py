@@ -28,19 +28,20 @@ OpenTelemetry's 128 would cut such spans. These still bound a span to about what
 Cost on the hot path: a few length checks per span (~0.2 µs); for a request body above ~90 KB
 (decompressed, default limits) also one msgpack encode per span to measure it (1-2 µs of the ~35-40 µs
 a span costs to decode and map). A per-span size bound written in Python measured slower than that
-encode (2.2 µs), so the encode is the cheap way; the sender could reuse its bytes instead of encoding
-the span again (not done yet).
+encode (2.2 µs), so the encode is the cheap way, and its bytes are not thrown away: `fit_span_encoded`
+returns them, and the receiver's sender puts them into the Kafka message as they are
+(`span_messages`), instead of encoding the span a second time.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import TypeVar
 
+from tracehouse.core import settings
 from tracehouse.core.schema import Event, Span
 
 from .oversize import TRUNCATED_FROM, shrink_to_fit
@@ -59,6 +60,7 @@ __all__ = [
     "default_span_limits",
     "dropped_events_marker",
     "fit_span",
+    "fit_span_encoded",
     "kept_attributes",
     "kept_events",
     "limit_counts",
@@ -67,11 +69,12 @@ __all__ = [
 MAX_MESSAGE_BYTES = 900_000  # one Kafka message on tracehouse.spans (the topics allow 1 MiB)
 ENVELOPE_BYTES = 16  # what the `SpanBatch` envelope adds around one span
 
-# The settings, one environment variable each (OpenTelemetry's names, with TRACEHOUSE_ in front).
-ATTRIBUTE_COUNT_ENV = "TRACEHOUSE_SPAN_ATTRIBUTE_COUNT_LIMIT"
-EVENT_COUNT_ENV = "TRACEHOUSE_SPAN_EVENT_COUNT_LIMIT"
-EVENT_ATTRIBUTE_COUNT_ENV = "TRACEHOUSE_EVENT_ATTRIBUTE_COUNT_LIMIT"
-LINK_COUNT_ENV = "TRACEHOUSE_SPAN_LINK_COUNT_LIMIT"
+# The settings, one environment variable each (OpenTelemetry's names, with TRACEHOUSE_ in front), declared
+# with their defaults in core/settings.py.
+ATTRIBUTE_COUNT_ENV = settings.SPAN_ATTRIBUTE_COUNT_LIMIT.name
+EVENT_COUNT_ENV = settings.SPAN_EVENT_COUNT_LIMIT.name
+EVENT_ATTRIBUTE_COUNT_ENV = settings.EVENT_ATTRIBUTE_COUNT_LIMIT.name
+LINK_COUNT_ENV = settings.SPAN_LINK_COUNT_LIMIT.name
 
 # The markers, mirroring OTLP's own `dropped_*_count` fields (which the receiver keeps as `otel.*`).
 DROPPED_ATTRIBUTES = "tracehouse.dropped_attributes_count"
@@ -104,20 +107,15 @@ class SpanLimits:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SpanLimits:
         """Limits from the environment; raises ValueError for a value that is not a positive integer."""
-        source = os.environ if env is None else env
         values: dict[str, int] = {}
-        for name, var in (
-            ("attributes", ATTRIBUTE_COUNT_ENV),
-            ("events", EVENT_COUNT_ENV),
-            ("event_attributes", EVENT_ATTRIBUTE_COUNT_ENV),
-            ("links", LINK_COUNT_ENV),
+        for name, setting in (
+            ("attributes", settings.SPAN_ATTRIBUTE_COUNT_LIMIT),
+            ("events", settings.SPAN_EVENT_COUNT_LIMIT),
+            ("event_attributes", settings.EVENT_ATTRIBUTE_COUNT_LIMIT),
+            ("links", settings.SPAN_LINK_COUNT_LIMIT),
         ):
-            raw = source.get(var)
-            if raw:
-                number = int(raw) if raw.strip().isascii() and raw.strip().isdigit() else 0
-                if number < 1:
-                    raise ValueError(f"{var} must be a positive integer, not {raw!r}")
-                values[name] = number
+            if settings.is_set(setting, env):
+                values[name] = settings.get(setting, env)  # type: ignore[assignment]
         return cls(**values)
 
 
@@ -221,18 +219,26 @@ def bounded_by_source(source_bytes: int, limits: SpanLimits, max_text_bytes: int
 
 
 def fit_span(span: Span, limits: SpanLimits, measure: bool = True) -> tuple[Span, str]:
+    """`fit_span_encoded` without the bytes."""
+    fitted, note, _ = fit_span_encoded(span, limits, measure)
+    return fitted, note
+
+
+def fit_span_encoded(span: Span, limits: SpanLimits, measure: bool = True) -> tuple[Span, str, bytes | None]:
     """The span within every limit, and a note saying what was trimmed ("" when nothing was); raises
     SpanTooLarge when even a trimmed span cannot fit one message. The receiver calls this on every
     mapped span before answering, so a span it accepts is a span the sender can always send.
 
     `measure=False` skips the size check, for a caller that knows the span fits (`bounded_by_source`);
     otherwise the span is encoded once to measure it: msgspec's encoder (about 1 µs for a 2 KB span)
-    is cheaper than any walk over the span in Python that could bound its size."""
+    is cheaper than any walk over the span in Python that could bound its size. The third value is that
+    encoding (msgpack, as `schema.encode_span` makes it) of the span returned, or None when not measured:
+    a sender may use it instead of encoding the span again, as long as it does not change the span."""
     note = ""
     if len(span.attributes) > limits.attributes or span.events:
         span, note = limit_counts(span, limits)
     if not measure:
-        return span, note
+        return span, note, None
     fitted = shrink_to_fit(span, limits.max_span_bytes)
     if fitted is None:
         raise SpanTooLarge(
@@ -241,11 +247,11 @@ def fit_span(span: Span, limits: SpanLimits, measure: bool = True) -> tuple[Span
             f"{len(span.documents)} documents, {_message_count(span)} messages, {len(span.resource)} "
             "resource attributes)"
         )
-    smaller = fitted[0]
+    smaller, encoded = fitted
     if smaller is not span and TRUNCATED_FROM in smaller.attributes:
         cut = f"texts cut to fit one message (was {smaller.attributes[TRUNCATED_FROM]} bytes)"
         note = f"{note}, {cut}" if note else cut
-    return smaller, note
+    return smaller, note, encoded
 
 
 def _message_count(span: Span) -> int:

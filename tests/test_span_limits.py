@@ -38,6 +38,7 @@ from tracehouse.infra.processes import ManagedProcess
 from tracehouse.infra.stack import LocalStack
 from tracehouse.producers import InMemoryTransport, Tracer
 from tracehouse.producers.otlp.ingest import ingest
+from tracehouse.producers.payload import DEFAULT_MAX_PAYLOAD_BYTES
 from tracehouse.producers.span_limits import (
     DROPPED_ATTRIBUTES,
     DROPPED_EVENTS,
@@ -50,6 +51,7 @@ from tracehouse.producers.span_limits import (
     fit_span,
     limit_counts,
 )
+from tracehouse.producers.span_messages import SpanMessageEncoder, encode_encoded_batch
 from tracehouse.sinks.clickhouse import sync_client
 from tracehouse.sinks.migrate import migrate
 
@@ -193,6 +195,29 @@ def json_body(spans: list[dict[str, Any]]) -> bytes:
 
 def many_attributes(n: int) -> dict[str, str]:
     return {f"attr.{i:06d}": "val" for i in range(n)}
+
+
+def test_the_bytes_measured_for_the_limits_are_the_bytes_the_sender_sends() -> None:
+    """A large body's spans are encoded once, to measure them; the sender's messages made from those
+    bytes are byte for byte the messages it makes by encoding the spans itself."""
+    items = [{"trace_id": os.urandom(16).hex(), "span_id": os.urandom(8).hex(),
+              "attributes": {"input.value": "x" * 2000, f"k{i}": "v" * (i % 50)}, "events": i % 3}
+             for i in range(120)]  # fmt: skip
+    body = protobuf_body(items)
+    assert not bounded_by_source(len(body), SpanLimits(), DEFAULT_MAX_PAYLOAD_BYTES)  # so it is measured
+    result = ingest(body, PROTOBUF)
+    assert len(result.encoded) == len(result.spans) == 120
+    assert result.encoded == [encode_span(s) for s in result.spans]
+    assert encode_encoded_batch(result.encoded) == encode_batch(result.spans)
+
+    encoder = SpanMessageEncoder(batch_spans=50, max_message_bytes=40_000)  # forces splits by size too
+    by_id = {id(s): data for s, data in zip(result.spans, result.encoded, strict=True)}
+    again: list[Span] = []
+    made = encoder.messages(result.spans, 4, again, by_id)
+    assert made == encoder.messages(result.spans, 4, []) and not again
+    assert len(made) > 4
+    small = ingest(protobuf_body(items[:2]), PROTOBUF)  # a small body is not measured: no bytes to reuse
+    assert small.encoded == [] and len(small.spans) == 2
 
 
 @pytest.mark.parametrize("media", [PROTOBUF, JSON])

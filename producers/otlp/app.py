@@ -39,12 +39,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from tracehouse.core import settings
 from tracehouse.core.schema import SchemaError, Span
 from tracehouse.core.scores import MAX_SCORES_PER_REQUEST, Score, decode_score_items
 
@@ -115,23 +117,23 @@ class SpanSender(Protocol):
 
     async def stop(self, timeout: float = ...) -> bool: ...
 
-    def submit(self, spans: list[Span]) -> asyncio.Future[SendOutcome]: ...
+    def submit(self, spans: list[Span], encoded: list[bytes] | None = None) -> asyncio.Future[SendOutcome]: ...
 
 
-# Every setting of the receiver, by field, with its environment variable (declared once, here).
+# Every setting of the receiver, by field (the variables, defaults and parsing: core/settings.py).
 _ENV_VARS = {
-    "max_body_bytes": "TRACEHOUSE_RECEIVER_MAX_BODY_BYTES",
-    "max_decompressed_bytes": "TRACEHOUSE_RECEIVER_MAX_DECOMPRESSED_BYTES",
-    "max_payload_bytes": "TRACEHOUSE_RECEIVER_MAX_PAYLOAD_BYTES",
-    "max_concurrency": "TRACEHOUSE_RECEIVER_MAX_CONCURRENCY",
-    "offload_bytes": "TRACEHOUSE_RECEIVER_OFFLOAD_BYTES",
-    "retry_after_s": "TRACEHOUSE_RECEIVER_RETRY_AFTER",
-    "ack_timeout_s": "TRACEHOUSE_RECEIVER_ACK_TIMEOUT",
-    "max_pending_spans": "TRACEHOUSE_RECEIVER_MAX_PENDING_SPANS",
-    "body_timeout_s": "TRACEHOUSE_RECEIVER_BODY_TIMEOUT",
-    "min_upload_rate": "TRACEHOUSE_RECEIVER_MIN_UPLOAD_RATE",
-    "read_budget_bytes": "TRACEHOUSE_RECEIVER_READ_BUDGET_BYTES",
-    "header_timeout_s": "TRACEHOUSE_RECEIVER_HEADER_TIMEOUT",
+    "max_body_bytes": settings.RECEIVER_MAX_BODY_BYTES,
+    "max_decompressed_bytes": settings.RECEIVER_MAX_DECOMPRESSED_BYTES,
+    "max_payload_bytes": settings.RECEIVER_MAX_PAYLOAD_BYTES,
+    "max_concurrency": settings.RECEIVER_MAX_CONCURRENCY,
+    "offload_bytes": settings.RECEIVER_OFFLOAD_BYTES,
+    "retry_after_s": settings.RECEIVER_RETRY_AFTER,
+    "ack_timeout_s": settings.RECEIVER_ACK_TIMEOUT,
+    "max_pending_spans": settings.RECEIVER_MAX_PENDING_SPANS,
+    "body_timeout_s": settings.RECEIVER_BODY_TIMEOUT,
+    "min_upload_rate": settings.RECEIVER_MIN_UPLOAD_RATE,
+    "read_budget_bytes": settings.RECEIVER_READ_BUDGET_BYTES,
+    "header_timeout_s": settings.RECEIVER_HEADER_TIMEOUT,
 }
 
 
@@ -156,20 +158,12 @@ class ReceiverOptions:
     tokens: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> ReceiverOptions:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> ReceiverOptions:
         """Options from the environment; raises OSError when a named token file cannot be read and
         ValueError when a number is not one."""
-        source = os.environ if env is None else env
-        defaults = cls()
-        numbers: dict[str, float | int] = {}
-        for name, var in _ENV_VARS.items():
-            if source.get(var):
-                convert = float if isinstance(getattr(defaults, name), float) else int
-                try:
-                    numbers[name] = convert(source[var])
-                except ValueError:
-                    raise ValueError(f"{var}={source[var]!r} is not a number") from None
-        base = cls(**numbers, tokens=tuple(load_tokens(source)))  # type: ignore[arg-type]
+        chosen = {name: setting for name, setting in _ENV_VARS.items() if settings.is_set(setting, env)}
+        numbers = {name: settings.get(setting, env) for name, setting in chosen.items()}
+        base = cls(**numbers, tokens=tuple(load_tokens(env)))  # type: ignore[arg-type]
         given = {k: v for k, v in overrides.items() if v is not None}
         if "tokens" in given:
             given["tokens"] = tuple(given["tokens"])  # type: ignore[arg-type]
@@ -277,6 +271,7 @@ class Receiver:
             status = "ok"
         body = {
             "status": status,
+            "pid": os.getpid(),  # which process answered, with `--processes N` sharing the port
             "pending_spans": pending,
             "queue_capacity": sender.max_pending,
             "receiver": self.stats.snapshot(),
@@ -464,7 +459,7 @@ class Receiver:
                 refused = self._throttled(media_type, "too many spans await Kafka's acknowledgement; retry later")
             if refused is not None:
                 return refused
-            outcome_future = sender.submit(spans)
+            outcome_future = sender.submit(spans, result.encoded or None)
             try:
                 outcome = await asyncio.wait_for(asyncio.shield(outcome_future), self.options.ack_timeout_s)
             except asyncio.TimeoutError:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from tracehouse.core.schema import Span
 
 from ..payload import DEFAULT_MAX_PAYLOAD_BYTES
-from ..span_limits import SpanLimits, SpanTooLarge, bounded_by_source, default_span_limits, fit_span
+from ..span_limits import SpanLimits, SpanTooLarge, bounded_by_source, default_span_limits, fit_span_encoded
 from .body import decompress
 from .mapping import SpanRejected, map_span, origin_for
 from .records import Origin, OtlpSpan, ScopeBatch
@@ -37,6 +37,9 @@ class IngestResult:
     were accepted trimmed, and how (said in the same `error_message`)."""
 
     spans: list[Span] = field(default_factory=list)
+    # Each span's msgpack bytes, in the order of `spans`, when the span limits measured them (large
+    # bodies); empty otherwise. The sender puts them into Kafka messages instead of encoding again.
+    encoded: list[bytes] = field(default_factory=list)
     rejected: int = 0
     reasons: dict[str, int] = field(default_factory=dict)  # reason -> how many spans
     trimmed: int = 0
@@ -88,7 +91,7 @@ def map_batches(
         limits = default_span_limits()
     measure = source_bytes is None or not bounded_by_source(source_bytes, limits, limit)
     result = IngestResult()
-    spans = result.spans
+    spans, encoded = result.spans, result.encoded
     origins: dict[tuple[int, str, str], Origin] = {}
     by_resource: dict[int, Origin] = {}  # resource dict id -> an origin holding it stringified
     for batch in batches:
@@ -111,7 +114,7 @@ def map_batches(
             result.reject(reason)
         for otlp_span in batch.spans:
             try:
-                span, note = fit_span(map_span(otlp_span, origin, limit, limits), limits, measure)
+                span, note, data = fit_span_encoded(map_span(otlp_span, origin, limit, limits), limits, measure)
             except (SpanRejected, SpanTooLarge) as exc:
                 result.reject(exc.reason)
                 continue
@@ -119,6 +122,8 @@ def map_batches(
                 result.reject(f"span {otlp_span.span_id[:32]} could not be mapped: {str(exc)[:200]}")
                 continue
             spans.append(span)
+            if data is not None:
+                encoded.append(data)
             if len(otlp_span.events) > limits.events or len(otlp_span.links) > limits.links:
                 note = ", ".join(filter(None, (_mapping_note(otlp_span, limits), note)))
             if note:

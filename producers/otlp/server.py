@@ -39,6 +39,7 @@ class ReceiverServer:
         port: int = 4318,
         *,
         shutdown_timeout: float | None = None,
+        reuse_port: bool = False,
     ) -> None:
         options = options or ReceiverOptions()
         self.app = create_app(sender, options)
@@ -46,6 +47,7 @@ class ReceiverServer:
             shutdown_timeout = options.ack_timeout_s + 5.0
         self.host = host
         self._requested_port = port
+        self._reuse_port = reuse_port  # `--processes N`: N receivers share the port (SO_REUSEPORT)
         self._runner = web.AppRunner(
             self.app,
             auto_decompress=False,  # the receiver decompresses itself, under its size limit
@@ -61,7 +63,9 @@ class ReceiverServer:
 
     async def start(self) -> ReceiverServer:
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.host, self._requested_port, backlog=1024)
+        self._site = web.TCPSite(
+            self._runner, self.host, self._requested_port, backlog=1024, reuse_port=self._reuse_port or None
+        )
         await self._site.start()
         return self
 
@@ -138,12 +142,12 @@ class BackgroundReceiver:
         self.stop()
 
 
-async def _serve(sender: SpanSender, options: ReceiverOptions, host: str, port: int) -> None:
+async def _serve(sender: SpanSender, options: ReceiverOptions, host: str, port: int, reuse_port: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = ReceiverServer(sender, options, host, port)
+    server = ReceiverServer(sender, options, host, port, reuse_port=reuse_port)
     await server.start()
     auth = "bearer tokens required" if server.receiver.auth.enabled else "no authentication"
     print(f"tracehouse receiver started on {server.url}", file=sys.stderr, flush=True)
@@ -155,7 +159,7 @@ async def _serve(sender: SpanSender, options: ReceiverOptions, host: str, port: 
         log.info("receiver stopped: %s", server.receiver.stats.snapshot())
 
 
-def run_receiver(settings: Settings, host: str, port: int, tokens: list[str]) -> int:
+def run_receiver(settings: Settings, host: str, port: int, tokens: list[str], reuse_port: bool = False) -> int:
     """`tracehouse receiver`: serve OTLP/HTTP on host:port until SIGTERM or Ctrl-C, answering 200 once
     Kafka has acknowledged a request's spans (`AckedSpanSender`); on the way out, stop accepting,
     answer the requests in flight honestly and flush.
@@ -175,7 +179,7 @@ def run_receiver(settings: Settings, host: str, port: int, tokens: list[str]) ->
         settings.kafka_bootstrap, max_pending=options.max_pending_spans, client_id="tracehouse-receiver"
     )
     try:
-        asyncio.run(_serve(sender, options, host, port))
+        asyncio.run(_serve(sender, options, host, port, reuse_port))
     except OSError as exc:  # the port is taken, the address does not exist
         print(f"tracehouse receiver: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1

@@ -1,22 +1,25 @@
 """The load generator of the end-to-end benchmark (e2e.py), run by it as child processes.
 
 Not a benchmark itself and not a test. Two modes, one process each, so each one's CPU shows on its own:
-- `sdk`: whole traces into the SDK's `SpanTransport` (what an instrumented application does);
-- `otlp`: the same traces as OTLP/HTTP protobuf requests (OpenInference attributes, like Phoenix's
-  instrumentors export them) to a receiver at `--url`: tracehouse's, or Arize Phoenix's.
+- `otlp`: issue 12's workload as OTLP/HTTP protobuf, 200 spans per POST (otlp_workload.py), to a receiver
+  at `--url`: tracehouse's, or Arize Phoenix's (the same bodies for both with the same seed). The bodies
+  are encoded once before the clock starts; each POST is a copy with fresh trace and span ids and times
+  patched into the bytes (~1.5 µs per span), so the generator neither limits the rate nor takes much of
+  the CPU the stack needs. `--concurrency` requests in flight (4: the issue's four senders); 503s and
+  lost connections are retried after a pause, as an exporter does.
+- `sdk`: whole traces into the SDK's `SpanTransport` (what an instrumented application does), from
+  `TraceFactory` (RAG, agent and chat traces), built once into a pool at start-up and re-sent with a fresh
+  trace id and moved times (~0.5 µs per span). Used only with e2e.py's --otlp-share below 1.
 
-Traces come from `TraceFactory` (RAG, agent and chat traces, ~5 spans each, ~1.5 KB of msgpack per span),
-built once into a pool at start-up and re-sent with a fresh trace id and timestamps moved so the trace's
-root span ends at the moment it is handed over (a trace is submitted when its root ends, as the SDK does),
-so `ingested_at - end_time` of a root span is the delay from span end to queryable. Rebasing a span costs
-~0.5 µs; `TraceFactory` would cost ~10 µs per span, a sixth of a core at 16,000 spans/s.
+In both, a trace's root ends at the moment it is handed over, so `ingested_at - end_time` of a root span
+is the delay from span end to queryable.
 
 Alert traffic: traces carrying a rate-limited LLM call are sent only in even 10-second windows (epoch
 aligned), so an alert rule `rate_limit_count > 0 over 10 s` fires and resolves every 20 s.
 
 Protocol with the parent: the child builds its pool and connects, prints `READY`, reads `GO <epoch
-seconds>` from stdin, runs from that instant for `--duration` seconds at `--rate` spans/s (a token bucket
-over whole traces), flushes, and prints one JSON line with its counts.
+seconds>` from stdin, runs from that instant for `--duration` seconds at `--rate` spans/s (a token bucket),
+flushes, and prints one JSON line with its counts and its own CPU seconds over the run.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
+from otlp_workload import SPANS_PER_BODY, BodyPool
 
 from tracehouse.core.schema import Event, Span
 
@@ -49,7 +54,6 @@ class PoolTrace:
     end_ns: int  # latest end time in the trace (the root's)
     rate_limited: bool
     service: str
-    protos: list[Any] | None = None  # OTLP protobuf Span templates (otlp mode)
 
 
 class TracePool:
@@ -107,151 +111,6 @@ class TracePool:
                     replace(s, trace_id=tid, start_time_ns=s.start_time_ns + delta, end_time_ns=s.end_time_ns + delta)
                 )
         return out
-
-
-# ---- OTLP protobuf (OpenInference attributes) ---------------------------------------------------
-
-
-def _kv(key: str, value: Any) -> Any:
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
-
-    if isinstance(value, bool):
-        any_value = AnyValue(bool_value=value)
-    elif isinstance(value, int):
-        any_value = AnyValue(int_value=value)
-    elif isinstance(value, float):
-        any_value = AnyValue(double_value=value)
-    elif isinstance(value, list):
-        any_value = AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=str(v)) for v in value]))
-    else:
-        any_value = AnyValue(string_value=str(value))
-    return KeyValue(key=key, value=any_value)
-
-
-def openinference_attributes(span: Span) -> dict[str, Any]:
-    """A tracehouse span as the attributes an OpenInference instrumentor would export."""
-    a: dict[str, Any] = {"openinference.span.kind": span.kind}
-    if span.input:
-        a["input.value"] = span.input
-    if span.output:
-        a["output.value"] = span.output
-    llm, usage, prompt = span.llm, span.usage, span.prompt
-    if llm is not None:
-        if llm.model:
-            a["embedding.model_name" if span.kind == "EMBEDDING" else "llm.model_name"] = llm.model
-        if llm.provider:
-            a["llm.provider"] = llm.provider
-        if llm.invocation_parameters:
-            a["llm.invocation_parameters"] = llm.invocation_parameters
-        for side, messages in (("input", llm.input_messages), ("output", llm.output_messages)):
-            for i, m in enumerate(messages):
-                prefix = f"llm.{side}_messages.{i}.message."
-                a[prefix + "role"] = m.role
-                if m.content:
-                    a[prefix + "content"] = m.content
-                for j, call in enumerate(m.tool_calls):
-                    a[f"{prefix}tool_calls.{j}.tool_call.id"] = call.id
-                    a[f"{prefix}tool_calls.{j}.tool_call.function.name"] = call.name
-                    a[f"{prefix}tool_calls.{j}.tool_call.function.arguments"] = call.arguments
-        if llm.finish_reason:
-            a["llm.finish_reason"] = llm.finish_reason
-    if usage is not None:
-        a["llm.token_count.prompt"] = usage.input
-        a["llm.token_count.completion"] = usage.output
-        a["llm.token_count.total"] = usage.total
-        if usage.cached:
-            a["llm.token_count.prompt_details.cache_read"] = usage.cached
-        if usage.reasoning:
-            a["llm.token_count.completion_details.reasoning"] = usage.reasoning
-    if prompt is not None:
-        a["llm.prompt_template.name"] = prompt.name
-        a["llm.prompt_template.version"] = prompt.version
-        a["llm.prompt_template.template"] = prompt.template
-        a["llm.prompt_template.variables"] = json.dumps(prompt.variables)
-    prefix = "reranker.output_documents." if span.kind == "RERANKER" else "retrieval.documents."
-    for i, d in enumerate(span.documents):
-        a[f"{prefix}{i}.document.id"] = d.id
-        a[f"{prefix}{i}.document.content"] = d.content
-        if d.score is not None:
-            a[f"{prefix}{i}.document.score"] = d.score
-        if d.metadata:
-            a[f"{prefix}{i}.document.metadata"] = json.dumps(d.metadata)
-    if span.session_id:
-        a["session.id"] = span.session_id
-    if span.user_id:
-        a["user.id"] = span.user_id
-    if span.tags:
-        a["tag.tags"] = list(span.tags)
-    for key, value in span.attributes.items():
-        a.setdefault(key, value)
-    return a
-
-
-def to_otlp(span: Span) -> Any:
-    """One OTLP protobuf Span (times as in `span`)."""
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
-    from opentelemetry.proto.trace.v1.trace_pb2 import Status
-
-    pb = PbSpan(
-        trace_id=bytes.fromhex(span.trace_id),
-        span_id=bytes.fromhex(span.span_id),
-        parent_span_id=bytes.fromhex(span.parent_span_id) if span.parent_span_id else b"",
-        name=span.name,
-        kind=PbSpan.SPAN_KIND_CLIENT if span.kind in ("LLM", "EMBEDDING") else PbSpan.SPAN_KIND_INTERNAL,
-        start_time_unix_nano=span.start_time_ns,
-        end_time_unix_nano=span.end_time_ns,
-        attributes=[_kv(k, v) for k, v in openinference_attributes(span).items()],
-        status=Status(
-            code={"OK": Status.STATUS_CODE_OK, "ERROR": Status.STATUS_CODE_ERROR}.get(
-                span.status, Status.STATUS_CODE_UNSET
-            ),
-            message=span.status_message,
-        ),
-    )
-    for event in span.events:
-        pb.events.add(
-            name=event.name,
-            time_unix_nano=event.time_ns,
-            attributes=[_kv(k, v) for k, v in event.attributes.items()],
-        )
-    return pb
-
-
-class OtlpRequests:
-    """Builds ExportTraceServiceRequest bodies from pool traces with fresh ids and current times."""
-
-    def __init__(self, pool: TracePool, phase: str) -> None:
-        for trace in pool.traces:
-            trace.protos = [to_otlp(s) for s in trace.spans]
-        self.pool = pool
-        self.phase = phase
-
-    def body(self, traces: list[PoolTrace], now_ns: int) -> bytes:
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-        request = ExportTraceServiceRequest()
-        scopes: dict[str, Any] = {}
-        for trace in traces:
-            scope = scopes.get(trace.service)
-            if scope is None:
-                resource_spans = request.resource_spans.add()
-                resource_spans.resource.attributes.extend(
-                    [_kv("service.name", trace.service), _kv("bench.phase", self.phase)]
-                )
-                scope = scopes[trace.service] = resource_spans.scope_spans.add()
-                scope.scope.name = "openinference.instrumentation.bench"
-            tid = self.pool.trace_id().to_bytes(16, "big")
-            delta = now_ns - trace.end_ns
-            assert trace.protos is not None
-            for template in trace.protos:
-                span = scope.spans.add()
-                span.CopyFrom(template)
-                span.trace_id = tid
-                span.start_time_unix_nano = template.start_time_unix_nano + delta
-                span.end_time_unix_nano = template.end_time_unix_nano + delta
-                for event in span.events:
-                    event.time_unix_nano += delta
-        return request.SerializeToString()
 
 
 # ---- the two modes -----------------------------------------------------------------------------------
@@ -323,11 +182,30 @@ def run_sdk(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def _otlp_main(args: argparse.Namespace, requests: OtlpRequests, t0: float) -> dict[str, Any]:
+def rejected_spans(answer: bytes) -> int:
+    """`partial_success.rejected_spans` of a 200 answer: spans the receiver refused (they are not "sent")."""
+    if not answer:
+        return 0
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+    try:
+        return ExportTraceServiceResponse.FromString(answer).partial_success.rejected_spans
+    except Exception:  # an answer that is not protobuf (Phoenix answers with an empty body)
+        return 0
+
+
+async def _otlp_main(args: argparse.Namespace, pool: BodyPool, t0: float) -> dict[str, Any]:
     import aiohttp
 
-    pool = requests.pool
-    stats = {"requests": 0, "ok_spans": 0, "ok_requests": 0, "throttled": 0, "errors": 0, "gave_up_spans": 0}
+    stats = {
+        "requests": 0,
+        "ok_spans": 0,
+        "ok_requests": 0,
+        "throttled": 0,
+        "errors": 0,
+        "gave_up_spans": 0,
+        "rejected_spans": 0,
+    }
     latencies: list[float] = []
     error_samples: list[str] = []
     produced = 0
@@ -336,14 +214,14 @@ async def _otlp_main(args: argparse.Namespace, requests: OtlpRequests, t0: float
     end = t0 + args.duration
     headers = {"Content-Type": "application/x-protobuf"}
 
-    async def post(session: aiohttp.ClientSession, body: bytes, spans: int) -> None:
+    async def post(session: aiohttp.ClientSession, body: bytes | bytearray, spans: int) -> None:
         try:
             while True:
                 stats["requests"] += 1
                 started = time.monotonic()
                 try:
                     async with session.post(args.url, data=body, headers=headers) as response:
-                        await response.read()
+                        answer = await response.read()
                         status = response.status
                         retry_after = response.headers.get("Retry-After")
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -352,7 +230,9 @@ async def _otlp_main(args: argparse.Namespace, requests: OtlpRequests, t0: float
                         error_samples.append(f"{type(exc).__name__}: {exc}")
                 latencies.append(time.monotonic() - started)
                 if status == 200:
-                    stats["ok_spans"] += spans
+                    rejected = rejected_spans(answer)
+                    stats["ok_spans"] += spans - rejected
+                    stats["rejected_spans"] += rejected
                     stats["ok_requests"] += 1
                     return
                 if status == 503:
@@ -379,26 +259,17 @@ async def _otlp_main(args: argparse.Namespace, requests: OtlpRequests, t0: float
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.sleep(max(0.0, t0 - time.time()))
         cpu0 = _cpu_s()
-        last_send = time.monotonic()
-        pending: list[PoolTrace] = []
-        pending_spans = 0
         while (now := time.time()) < end:
-            due = args.rate * (now - t0)
-            while produced + pending_spans < due:
-                trace = pool.next(now)
-                pending.append(trace)
-                pending_spans += len(trace.spans)
-            # A batch exporter sends when it has a full batch, or what it has every 200 ms.
-            ready = pending_spans >= args.batch or (pending and time.monotonic() - last_send > 0.2)
-            if ready and not slots.locked():
+            # A body when the token bucket holds its spans and a request slot is free; the slot wait is
+            # what makes a slow receiver show as spans not sent ("unsent") rather than as a queue here.
+            if produced + SPANS_PER_BODY <= args.rate * (now - t0) and not slots.locked():
                 await slots.acquire()
-                body = requests.body(pending, time.time_ns())
-                task = asyncio.create_task(post(session, body, pending_spans))
+                template = pool.next(with_limited=int(now // ALERT_PERIOD_S) % 2 == 0)
+                body = pool.fresh(template, time.time_ns())
+                task = asyncio.create_task(post(session, body, template.spans))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
-                produced += pending_spans
-                pending, pending_spans = [], 0
-                last_send = time.monotonic()
+                produced += template.spans
                 continue
             await asyncio.sleep(TICK_S)
         send_wall = time.time() - t0
@@ -429,10 +300,9 @@ async def _otlp_main(args: argparse.Namespace, requests: OtlpRequests, t0: float
 
 
 def run_otlp(args: argparse.Namespace) -> dict[str, Any]:
-    pool = TracePool(args.pool_spans, args.seed, args.phase, args.prompt_bytes)
-    requests = OtlpRequests(pool, args.phase)
+    pool = BodyPool(args.pool_bodies, args.seed, args.phase, cache=args.pool_cache)
     t0 = _wait_go()
-    return asyncio.run(_otlp_main(args, requests, t0))
+    return asyncio.run(_otlp_main(args, pool, t0))
 
 
 def main() -> int:
@@ -446,7 +316,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pool-spans", type=int, default=60_000)
     parser.add_argument("--prompt-bytes", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=512, help="spans per OTLP request (the SDK's 512)")
+    parser.add_argument("--pool-bodies", type=int, default=100, help="distinct OTLP bodies (otlp mode)")
+    parser.add_argument("--pool-cache", type=Path, default=None,
+                        help="otlp mode: the encoded bodies, kept here for the next phase's generator")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=4, help="OTLP requests in flight")
     args = parser.parse_args()
     if os.environ.get("BENCH_LOAD_CPU") is not None:

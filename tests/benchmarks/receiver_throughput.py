@@ -10,7 +10,10 @@ encoder, 500 spans per request (the SDK's BatchSpanProcessor sends up to 512).
 
 The receiver runs in a child process pinned to CPU 0 (`sched_setaffinity`), so "spans/s" is what one
 core does; the load generator (aiohttp, bodies built in advance, 4 requests in flight) is pinned to
-CPU 1. Per run we report wall-clock spans/s, the receiver process's CPU time per span (from
+CPU 1. With `--processes N` (as `tracehouse receiver --processes N`), N receivers share the port
+(SO_REUSEPORT), each with its own sender, unpinned, and the CPU per span is the sum over all N.
+`--py-spy PREFIX` records each receiver with py-spy (collapsed stacks per process and path, for a flame graph).
+Per run we report wall-clock spans/s, the receiver process's CPU time per span (from
 /proc/PID/stat) and the request latency p50/p99 seen by the load generator. What is behind the
 receiver, by `--kafka`:
 - `none` (default): a sender that acknowledges at once, to measure the receiver alone;
@@ -44,6 +47,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from otlp_workload import anchor_attributes  # issue 12's workload, shared with e2e.py
 
 PROMPT = ("You are a support assistant. Use the context to answer. " * 20)[:900]
 COMPLETION = "To rotate your API key, open Settings > API keys, create a new key, update your clients."
@@ -108,53 +113,6 @@ def build_bodies(count: int, batch: int, encoding: str) -> list[bytes]:
         else:
             bodies.append(request.SerializeToString())
     return bodies
-
-
-# Issue 12's workload: traces of 1 AGENT + 3 children (an OpenInference LLM call, a GenAI-semconv LLM
-# call, an OpenInference tool call), 12 attributes per span, ~1 KB of input and ~512 B of output text.
-_WORDS = (
-    "the of and to in is that for it as was with be by on not this are or from at which but have an they you "
-    "were she there been one all we their has would when if so no will its who more out up can said about into "
-    "than them only some could time these two may then first any my now such like other how over also support "
-    "key rotate settings model answer context retrieval document invoice billing account refund order"
-).split()
-
-
-def _prose(rng: random.Random, size: int) -> str:
-    words = []
-    while sum(map(len, words)) + len(words) < size:
-        words.append(rng.choice(_WORDS))
-    return " ".join(words)[:size]
-
-
-def anchor_attributes(rng: random.Random, i: int) -> list[dict[str, object]]:
-    """The four spans' attributes of one trace: AGENT, LLM (OpenInference), LLM (GenAI), TOOL."""
-    people = {"session.id": f"sess-{i % 97}", "user.id": f"user-{i % 13}"}
-    io = {"input.value": _prose(rng, 1024), "output.value": _prose(rng, 512)}
-    agent = {"openinference.span.kind": "AGENT", **io, "input.mime_type": "text/plain",
-             "output.mime_type": "text/plain", **people, "agent.name": "support-agent",
-             "metadata": json.dumps({"tenant": f"t{i % 7}", "tier": "gold"}), "tag.tags": '["prod", "support"]',
-             "graph.node.id": "agent", "llm.prompt_template.version": "v3"}  # fmt: skip
-    llm = {"openinference.span.kind": "LLM", "input.value": _prose(rng, 1024), "output.value": _prose(rng, 512),
-           "llm.model_name": "gpt-4o-mini", "llm.provider": "openai",
-           "llm.invocation_parameters": '{"temperature": 0.2, "max_tokens": 512}',
-           "llm.input_messages.0.message.role": "user", "llm.input_messages.0.message.content": _prose(rng, 200),
-           "llm.output_messages.0.message.role": "assistant", "llm.token_count.prompt": 312 + i % 50,
-           "llm.token_count.completion": 96, "llm.token_count.total": 408 + i % 50}  # fmt: skip
-    user = [{"role": "user", "parts": [{"type": "text", "content": _prose(rng, 1024)}]}]
-    answer = [{"role": "assistant", "parts": [{"type": "text", "content": _prose(rng, 512)}], "finish_reason": "stop"}]
-    genai = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.request.model": "gpt-4o",
-             "gen_ai.response.model": "gpt-4o-2024-08-06", "gen_ai.request.temperature": 0.3,
-             "gen_ai.request.max_tokens": 1024, "gen_ai.usage.input_tokens": 700 + i % 30,
-             "gen_ai.usage.output_tokens": 120, "gen_ai.response.finish_reasons": "stop",
-             "gen_ai.response.id": f"chatcmpl-{i}", "gen_ai.input.messages": json.dumps(user),
-             "gen_ai.output.messages": json.dumps(answer)}  # fmt: skip
-    tool = {"openinference.span.kind": "TOOL", "input.value": _prose(rng, 1024), "output.value": _prose(rng, 512),
-            "tool.name": "lookup_order", "tool.description": "Looks an order up",
-            "tool.parameters": '{"type": "object"}',
-            "input.mime_type": "application/json", "output.mime_type": "text/plain", **people,
-            "http.status_code": 200, "retry.count": 0}  # fmt: skip
-    return [agent, llm, genai, tool]
 
 
 def anchor_bodies(count: int, batch: int, encoding: str) -> list[bytes]:
@@ -246,7 +204,7 @@ class CountingSender:
     async def stop(self, timeout: float = 0.0) -> bool:
         return True
 
-    def submit(self, spans: list[object]) -> asyncio.Future[object]:
+    def submit(self, spans: list[object], encoded: list[bytes] | None = None) -> asyncio.Future[object]:
         from tracehouse.producers.acked_sender import SendOutcome
 
         future = asyncio.get_running_loop().create_future()
@@ -273,14 +231,16 @@ class FireAndForget(CountingSender):
         self.transport.shutdown(timeout=5)
         return flushed
 
-    def submit(self, spans: list[object]) -> asyncio.Future[object]:
+    def submit(self, spans: list[object], encoded: list[bytes] | None = None) -> asyncio.Future[object]:
         self.transport.submit_many(spans)  # type: ignore[arg-type]
         return super().submit(spans)
 
 
-def serve(port: int, kafka: str, path: str, offload_bytes: int | None) -> None:
-    os.sched_setaffinity(0, {0})
+def serve(port: int, kafka: str, path: str, offload_bytes: int | None, processes: int = 1) -> None:
+    if processes == 1:
+        os.sched_setaffinity(0, {0})
     from tracehouse.producers.otlp import ReceiverOptions
+    from tracehouse.producers.otlp.processes import tune_gc
     from tracehouse.producers.otlp.server import ReceiverServer
 
     if kafka == "none":
@@ -292,16 +252,32 @@ def serve(port: int, kafka: str, path: str, offload_bytes: int | None) -> None:
 
         sender = AckedSpanSender(kafka, client_id="bench-receiver")
     options = ReceiverOptions() if offload_bytes is None else ReceiverOptions(offload_bytes=offload_bytes)
+    if not os.environ.get("BENCH_DEFAULT_GC"):  # as `tracehouse receiver` runs (set it to compare)
+        tune_gc()
 
     async def main() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        server = await ReceiverServer(sender, options, "127.0.0.1", port).start()  # type: ignore[arg-type]
+        server = ReceiverServer(sender, options, "127.0.0.1", port, reuse_port=processes > 1)  # type: ignore[arg-type]
+        await server.start()
         print("READY", flush=True)
         await stop.wait()
         await server.stop()
 
     asyncio.run(main())
+
+
+def _serving_pid(child: subprocess.Popen[bytes]) -> int:
+    """The receiver's pid: the child itself, or (under `--py-spy`) the python process py-spy started."""
+    if Path(child.args[0]).name != "py-spy":  # type: ignore[index]
+        return child.pid
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
+        if found:
+            return int(found[0])
+        time.sleep(0.05)
+    raise TimeoutError("py-spy did not start the receiver")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -346,16 +322,24 @@ async def send_all(
     return throttled, latencies
 
 
-async def wait_drained(health_url: str, timeout: float = 120.0) -> None:
+async def wait_drained(health_url: str, timeout: float = 120.0, processes: int = 1) -> None:
+    """Until every receiver process has reported nothing pending (a new connection per poll, so that
+    the kernel spreads the polls over the processes sharing the port)."""
     import aiohttp
 
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
+    drained: set[int] = set()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         while time.monotonic() < deadline:
             async with session.get(health_url) as response:
-                if (await response.json())["pending_spans"] == 0:
+                health = await response.json()
+            if health["pending_spans"] == 0:
+                drained.add(health["pid"])
+                if len(drained) >= processes:
                     return
-            await asyncio.sleep(0.02)
+            else:
+                drained.discard(health["pid"])
+                await asyncio.sleep(0.02)
     raise TimeoutError("the transport did not drain")
 
 
@@ -379,13 +363,23 @@ def one_run(args: argparse.Namespace, bodies: list[bytes], kafka: str, path: str
     from tracehouse.infra.ports import free_port
 
     port = free_port()
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--kafka", kafka, "--path", path,
-         *(["--offload-bytes", str(args.offload_bytes)] if args.offload_bytes is not None else [])],
-        stdout=subprocess.PIPE,
-    )  # fmt: skip
+    command = [sys.executable, __file__, "--serve", str(port), "--kafka", kafka, "--path", path,
+               "--processes", str(args.processes),
+               *(["--offload-bytes", str(args.offload_bytes)] if args.offload_bytes is not None else [])]  # fmt: skip
+    children = []
+    for n in range(args.processes):
+        out = f"{args.py_spy}.{path.replace(' ', '-')}.{n}"
+        spy = [str(Path(sys.executable).with_name("py-spy")), "record", "-f", "raw", "-r", "250", "-o", out, "--"]
+        children.append(subprocess.Popen([*(spy if args.py_spy else []), *command], stdout=subprocess.PIPE))
+    pids = [_serving_pid(child) for child in children]
+    processes = args.processes
+
+    def cpu_seconds_all() -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
     try:
-        assert child.stdout is not None and child.stdout.readline().strip() == b"READY"
+        for child in children:  # py-spy says a line or two of its own first
+            assert child.stdout is not None and b"READY\n" in iter(child.stdout.readline, b"")
         url = f"http://127.0.0.1:{port}/v1/traces"
         content_type = "application/json" if args.encoding == "json" else "application/x-protobuf"
         headers = {"Content-Type": content_type}
@@ -393,20 +387,26 @@ def one_run(args: argparse.Namespace, bodies: list[bytes], kafka: str, path: str
             headers["Content-Encoding"] = "gzip"
         requests = max(args.spans // args.batch, 1)
         asyncio.run(send_all(url, bodies, min(8, requests), 2, headers))  # warm-up
-        asyncio.run(wait_drained(url.replace("/v1/traces", "/health")))
-        cpu0, t0 = cpu_seconds(child.pid), time.perf_counter()
+        asyncio.run(wait_drained(url.replace("/v1/traces", "/health"), processes=processes))
+        cpu0, t0 = cpu_seconds_all(), time.perf_counter()
         throttled, latencies = asyncio.run(send_all(url, bodies, requests, args.concurrency, headers))
-        asyncio.run(wait_drained(url.replace("/v1/traces", "/health")))  # fire-and-forget: until in Kafka
-        wall, cpu = time.perf_counter() - t0, cpu_seconds(child.pid) - cpu0
+        # fire-and-forget: until in Kafka
+        asyncio.run(wait_drained(url.replace("/v1/traces", "/health"), processes=processes))
+        wall, cpu = time.perf_counter() - t0, cpu_seconds_all() - cpu0
         spans = requests * args.batch
         p50, p99 = percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3
         _, idle = asyncio.run(send_all(url, bodies, 40, 1, headers))
-        asyncio.run(wait_drained(url.replace("/v1/traces", "/health")))
+        asyncio.run(wait_drained(url.replace("/v1/traces", "/health"), processes=processes))
         idle_p50, idle_p99 = percentile(idle, 0.5) * 1e3, percentile(idle, 0.99) * 1e3
         return RunResult(spans / wall, cpu / spans * 1e6, p50, p99, throttled, idle_p50, idle_p99)
     finally:
-        child.send_signal(signal.SIGTERM)
-        child.wait(timeout=60)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:  # it died already; its error is on stderr
+                pass
+        for child in children:
+            child.wait(timeout=60)
 
 
 def ingest_cost(bodies: list[bytes], encoding: str, compressed: bool) -> float:
@@ -456,11 +456,15 @@ def main() -> int:
         action="store_true",
         help="print decode / map / ingest CPU µs per span in this process, and exit",
     )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="receiver processes sharing the port (unpinned when more than 1)"
+    )
+    parser.add_argument("--py-spy", default="", help="record each receiver with py-spy into PREFIX.<path>.<n>")
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--path", default="acked", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        serve(args.serve, args.kafka, args.path, args.offload_bytes)
+        serve(args.serve, args.kafka, args.path, args.offload_bytes, args.processes)
         return 0
 
     if args.ingest_only:  # measured where it runs, not pinned: compare runs made in the same conditions
@@ -474,7 +478,8 @@ def main() -> int:
             f" ingest {cost['ingest']:.1f} µs CPU per span (medians)"
         )
         return 0
-    os.sched_setaffinity(0, {1})
+    if args.processes == 1:
+        os.sched_setaffinity(0, {1})
     build = anchor_bodies if args.workload == "anchor" else build_bodies
     bodies = build(12, args.batch, args.encoding)
     if args.gzip:
@@ -482,7 +487,8 @@ def main() -> int:
     size = len(bodies[0]) / args.batch
     print(
         f"{args.batch} LLM spans per request, {size:.0f} bytes per span ({args.encoding}"
-        f"{', gzip' if args.gzip else ''}), {args.concurrency} requests in flight, receiver pinned to CPU 0"
+        f"{', gzip' if args.gzip else ''}), {args.concurrency} requests in flight, "
+        + ("receiver pinned to CPU 0" if args.processes == 1 else f"{args.processes} receiver processes, unpinned")
     )
     print(f"decode + map alone: {ingest_cost(bodies, args.encoding, args.gzip):.1f} µs CPU per span")
     broker, kafka = (None, args.kafka)
@@ -519,7 +525,7 @@ def main() -> int:
     print(f"median of {args.runs} [{behind}]:")
     for path, m in medians.items():
         print(
-            f"  {path:>15}: {m.rate:,.0f} spans/s on one core, {m.cpu_us:.1f} µs CPU per span,"
+            f"  {path:>15}: {m.rate:,.0f} spans/s, {m.cpu_us:.1f} µs CPU per span (all receiver processes),"
             f" latency p50 {m.p50_ms:.1f} ms p99 {m.p99_ms:.1f} ms; one request at a time p50 {m.idle_p50_ms:.1f} ms"
             f" p99 {m.idle_p99_ms:.1f} ms"
         )

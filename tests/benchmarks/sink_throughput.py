@@ -24,7 +24,7 @@ What is measured (realistic spans from TraceFactory: RAG, agent and chat traces,
    (`Sink(...).run(stop)`, timed from the first to the last acknowledged batch) and as a child process
    (`tracehouse sink`, timed by polling `count()`); spans/s between the first and the last batch landing,
    plus wall time from start (group join included).
-4. Bytes per span on disk after OPTIMIZE FINAL, and the named queries (sinks/queries/*.sql) on 1,000,000
+4. Bytes per span on disk after OPTIMIZE FINAL, and the named queries (read/sql/*.sql) on 1,000,000
    spans (200,000 with --quick) spread over the last hour, loaded directly with the sink's row code
    (Kafka bypassed): median of 5 runs each after a warm-up; `trace` with a different trace id each run.
 """
@@ -48,8 +48,8 @@ from tracehouse.core import topics
 from tracehouse.core.config import Settings
 from tracehouse.core.pricing import PriceTable
 from tracehouse.core.schema import Span, decode_batch, encode_batch
+from tracehouse.read.queries import QUERIES, run_query
 from tracehouse.sinks.clickhouse import async_client, sync_client
-from tracehouse.sinks.queries import QUERIES, run_query
 from tracehouse.sinks.routes import spans_route
 from tracehouse.sinks.rows import SPAN_COLUMNS, SPAN_FORMAT, encode_rows, span_row
 from tracehouse.sinks.sink import Sink, SinkOptions
