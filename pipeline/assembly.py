@@ -5,7 +5,8 @@ it has been open for a maximum age (a root that never comes must not hold a trac
 arrives after its trace was emitted reopens it, and a revised record follows: the record's `version` is
 its span count, so ClickHouse keeps the most complete record. Spans whose parent never arrives are kept and
 counted (`orphan_spans`), and the trace is marked incomplete. A span seen twice (producer retry, replay)
-counts once.
+counts once. Each new (not duplicate) span is also shown to the partition's trace rules, if any
+(pipeline/guards.py: in-flight guards), with its trace's running totals already updated.
 
 Memory is bounded: open traces are capped (the oldest are emitted early when the cap is hit), and emitted
 traces are remembered only for `revision_window_s`, without their span tree, so late spans can revise
@@ -26,6 +27,7 @@ from typing import Any
 
 from tracehouse.core.pricing import CostSource, PriceTable, price_span
 from tracehouse.core.schema import TraceRecord
+from tracehouse.pipeline.guards import GuardState, TraceGuards
 from tracehouse.pipeline.span_view import AnySpan, usage_total
 
 _NODE = 5  # entries per span in _Trace.nodes
@@ -55,8 +57,10 @@ class _Trace:
         "error_count",
         "first_arrival",
         "first_offset",
+        "guard",
         "input_tokens",
         "last_arrival",
+        "model",
         "nodes",
         "orphans",
         "output_tokens",
@@ -101,10 +105,12 @@ class _Trace:
         self.unpriced: dict[str, None] = {}
         self.session_id = ""
         self.user_id = ""
+        self.model = ""  # the first priced LLM span's model: a score's group (pipeline/score_windows.py)
         self.slowest: tuple[int, str, str] = (-1, "", "")  # duration, span_id, name
         self.emitted_version = 0
         self.emitted_at = 0.0
         self.seq = 0  # when it was (re)opened, in the assembler's count: `_open`'s order
+        self.guard: GuardState | None = None  # the trace rules' running values (pipeline/guards.py)
 
 
 class TraceAssembler:
@@ -119,8 +125,10 @@ class TraceAssembler:
         revision_window_s: float = 30.0,
         max_open_traces: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        guards: TraceGuards | None = None,
     ) -> None:
         self.prices = prices or PriceTable()
+        self.guards = guards  # in-flight trace rules, evaluated as each span is folded in (None: none)
         self.quiet_s = quiet_s
         self.max_age_s = max_age_s
         self.revision_window_s = revision_window_s
@@ -147,7 +155,8 @@ class TraceAssembler:
     def add(self, span: AnySpan, offset: int, now: float | None = None) -> bool:
         """Fold one span into its trace; False when it is a duplicate."""
         llm = span.llm
-        cost, source = price_span(self.prices, llm.model if llm is not None else "", span.usage, span.cost_usd)
+        model = llm.model if llm is not None else ""
+        cost, source = price_span(self.prices, model, span.usage, span.cost_usd, span.start_time_ns)
         return self.add_priced(span, offset, self.clock() if now is None else now, cost, source)
 
     def add_priced(self, span: AnySpan, offset: int, now: float, cost: float, cost_source: CostSource) -> bool:
@@ -187,6 +196,8 @@ class TraceAssembler:
             by_last_arrival[trace_id] = trace
         self._fold(trace, span, span_key, now, cost, cost_source)
         self.stats.spans += 1
+        if self.guards is not None:
+            self.guards.observe(trace, span, offset)
         return True
 
     @staticmethod
@@ -230,6 +241,9 @@ class TraceAssembler:
             trace.total_tokens += usage_total(usage)
         if cost_source != "none":
             trace.cost += cost
+            if not trace.model:
+                llm = span.llm
+                trace.model = llm.model if llm is not None else ""
             if cost_source == "unknown_model":
                 llm = span.llm
                 trace.unpriced[(llm.model if llm is not None else "") or "(none)"] = None
@@ -275,6 +289,16 @@ class TraceAssembler:
         now = self.clock() if now is None else now
         return [self._emit(trace, now) for trace in list(self._open.values())]
 
+    def trace_group(self, trace_id: str) -> tuple[str, str] | None:
+        """(service, model) of an open or recently emitted trace, as its record names the service (the
+        root's, else the first seen); None when this assembler does not hold it. For scores' windows."""
+        trace = self._open.get(trace_id) or self._emitted.get(trace_id)
+        if trace is None:
+            return None
+        root = trace.root
+        service = (root[2] if root else "") or next(iter(trace.services), "")
+        return service, trace.model
+
     def safe_offset(self, next_offset: int) -> int:
         """The offset to replay from to rebuild every open trace (= next_offset when none is open)."""
         lowest = next_offset
@@ -298,6 +322,8 @@ class TraceAssembler:
         del self._by_last_arrival[trace.trace_id]
         slowest = self._critical_slowest(trace)
         trace.nodes = None  # the tree is not kept after emission: bounded memory
+        if trace.guard is not None:
+            trace.guard.trim()
         if trace.emitted_version:
             self.stats.revisions += 1
         trace.emitted_version = trace.span_count
@@ -337,6 +363,7 @@ class TraceAssembler:
             slowest_span_id=slowest[1],
             slowest_span_name=slowest[2],
             slowest_span_duration_ns=max(slowest[0], 0),
+            price_version=self.prices.version,
         )
 
     @staticmethod

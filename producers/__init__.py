@@ -21,6 +21,7 @@ from tracehouse.core.schema import Document, Message, Span, ToolCall
 from .context import wrap_context
 from .decorators import trace
 from .errors import error_type, is_rate_limit
+from .guards import Guard, GuardTripped, guards
 from .live_span import NOOP_SPAN, LiveSpan, NoopSpan
 from .memory import InMemoryTransport
 from .payload import DEFAULT_MAX_PAYLOAD_BYTES
@@ -51,6 +52,8 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "NOOP_SPAN",
     "Document",
+    "Guard",
+    "GuardTripped",
     "InMemoryTransport",
     "LiveSpan",
     "Message",
@@ -70,6 +73,7 @@ __all__ = [
     "flush",
     "format_traceparent",
     "get_tracer",
+    "guards",
     "inject_traceparent",
     "is_rate_limit",
     "parse_traceparent",
