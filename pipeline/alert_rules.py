@@ -267,7 +267,7 @@ def parse_rules(
             document = tomllib.loads(document)
         except tomllib.TOMLDecodeError as exc:
             raise RuleError(f"{source}: not valid TOML: {exc}") from None
-    extra = sorted(set(document) - {"rules"})
+    extra = sorted(set(document) - {"rules", "sampling"})  # [sampling]: pipeline/sampling.py
     if extra:
         raise RuleError(f"{source}: unknown top-level key {extra[0]!r} (rules go in [[rules]] tables)")
     tables = document.get("rules", [])

@@ -29,6 +29,7 @@ from tracehouse.pipeline.guards import build_guards
 from tracehouse.pipeline.merge_stage import build_merger
 from tracehouse.pipeline.partition_windows import windows_factory
 from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
+from tracehouse.pipeline.sampling import load_sampling
 from tracehouse.pipeline.score_processor import ScoreProcessor
 
 log = logging.getLogger("tracehouse.worker")
@@ -87,6 +88,8 @@ def create_app(settings: Settings, options: ProcessorOptions | None = None, **fa
     alerts_topic = app.topic(topics.ALERTS, **raw)
     dlq_topic = app.topic(topics.DLQ, **raw)
     partials_topic = app.topic(topics.PARTIALS_TOPIC, partitions=1, internal=True, **raw)
+    kept_topic = app.topic(topics.SPANS_KEPT, **raw)  # tail sampling (pipeline/sampling.py)
+    sampling = load_sampling()  # None: off (TRACEHOUSE_SAMPLING), nothing goes to kept_topic
 
     state_table = app.Table(
         STATE_TABLE,
@@ -112,6 +115,8 @@ def create_app(settings: Settings, options: ProcessorOptions | None = None, **fa
         windows_factory=windows_factory(),
         options=options,
         guards=build_guards(alerts_out=alerts_topic),  # in-flight trace rules, onto the same alerts topic
+        sampling=sampling,
+        kept_out=kept_topic if sampling is not None else None,
     )
     scores = ScoreProcessor(
         partials_out=partials_topic,

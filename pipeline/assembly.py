@@ -299,6 +299,11 @@ class TraceAssembler:
         service = (root[2] if root else "") or next(iter(trace.services), "")
         return service, trace.model
 
+    def guard_fired(self, trace_id: str) -> bool:
+        """Whether a trace rule fired on this open or recently emitted trace (a tail-sampling keep rule)."""
+        trace = self._open.get(trace_id) or self._emitted.get(trace_id)
+        return trace is not None and trace.guard is not None and trace.guard.fired != 0
+
     def safe_offset(self, next_offset: int) -> int:
         """The offset to replay from to rebuild every open trace (= next_offset when none is open)."""
         lowest = next_offset

@@ -37,6 +37,7 @@ from tracehouse.pipeline.checkpoint import (
     encode_checkpoint,
 )
 from tracehouse.pipeline.guards import GuardPublisher
+from tracehouse.pipeline.sampling import PartitionSampler, SamplingRules, SamplingStats, encode_kept
 from tracehouse.pipeline.score_windows import TraceGroups, remember_emitted
 from tracehouse.pipeline.span_view import AnySpan, decode_work_batch
 
@@ -106,6 +107,7 @@ class _Partition:
         self.last_checkpoint = time.monotonic()
         self.dirty = False
         self.recent = TraceGroups()  # emitted traces' (service, model), for the scores' windows
+        self.sampler: PartitionSampler | None = None  # tail sampling on: held spans (pipeline/sampling.py)
 
 
 class SpanProcessor:
@@ -121,6 +123,8 @@ class SpanProcessor:
         options: ProcessorOptions | None = None,
         prices: PriceTable | None = None,
         guards: GuardPublisher | None = None,
+        sampling: SamplingRules | None = None,
+        kept_out: Sendable | None = None,
     ) -> None:
         self.traces_out = traces_out
         self.partials_out = partials_out
@@ -129,6 +133,12 @@ class SpanProcessor:
         self.options = options or ProcessorOptions.from_env()
         self.prices = prices or configured_prices()
         self.guards = guards  # in-flight trace rules (pipeline/guards.py); None: none
+        # Tail sampling (pipeline/sampling.py): None, off (the sink stores `tracehouse.spans` itself).
+        if sampling is not None and kept_out is None:
+            raise ValueError("tail sampling needs the topic of kept spans (kept_out)")
+        self.sampling = sampling
+        self.kept_out = kept_out
+        self.sampling_stats = SamplingStats()
         self.stats = ProcessorStats()
         self.held = HeldEvents()
         self._partitions: dict[int, _Partition] = {}
@@ -154,6 +164,8 @@ class SpanProcessor:
             )
             windows = self.windows_factory(partition, checkpoint.windows if checkpoint else None)
             state = _Partition(partition, assembler, windows, checkpoint.next_offset if checkpoint else 0)
+            if self.sampling is not None:
+                state.sampler = PartitionSampler(self.sampling, self.options.revision_window_s, self.sampling_stats)
             self._partitions[partition] = state
             log.info(
                 "partition %d: taken over at offset %d; windows %s",
@@ -174,7 +186,9 @@ class SpanProcessor:
     def revoke(self, partitions: set[int]) -> None:
         """Forget revoked partitions; their next owner replays and restores them."""
         for partition in partitions:
-            self._partitions.pop(partition, None)
+            state = self._partitions.pop(partition, None)
+            if state is not None and state.sampler is not None:
+                state.sampler.forget()
             self.held.drop(partition)
 
     # ---- per message ------------------------------------------------------------------------
@@ -211,9 +225,14 @@ class SpanProcessor:
             return
         for bad in rejected:
             await self._dead_letter(bad.reason, bad.payload, state.partition, offset)
+        sampler = state.sampler
         if received_ns is not None:
             spans, refused = split_by_time(spans, time_window(received_ns))
             self.stats.refused_times += len(refused)
+            if sampler is not None:  # the sink reads only kept spans: the worker dead-letters these
+                for bad in refused:
+                    await self._dead_letter(bad.reason, bad.payload, state.partition, offset)
+        hold = sampler.hold if sampler is not None else None
         assembler = state.assembler
         to_windows = offset >= state.window_floor
         if not to_windows:
@@ -229,6 +248,8 @@ class SpanProcessor:
             if not add(span, offset, now, cost, source):
                 self.stats.duplicates += 1
                 continue
+            if hold is not None:
+                hold(span)
             if to_windows:
                 windows.add(span, cost)
         state.dirty = True
@@ -239,7 +260,7 @@ class SpanProcessor:
         forced = assembler.take_forced()
         if forced:
             remember_emitted(state.recent, assembler, forced)
-            await self._send_traces(forced)
+            await self._send_traces(forced, state)
 
     async def checkpoint(self, state: _Partition) -> None:
         """Snapshot the partition's windows, then acknowledge what no open trace needs any more."""
@@ -269,7 +290,7 @@ class SpanProcessor:
             records = state.assembler.due(now)
             if records:
                 remember_emitted(state.recent, state.assembler, records)
-                await self._send_traces(records)
+                await self._send_traces(records, state)
             partials = state.windows.due(wall)
             if partials and self.partials_out is not None:
                 await self.partials_out.send(value=encode_partials(partials))
@@ -289,11 +310,25 @@ class SpanProcessor:
                 sum(p.assembler.open_traces for p in self._partitions.values()),
                 self.held.count(),
             )
+            if self.sampling is not None:
+                log.info("worker %s", self.sampling_stats.summary())
 
-    async def _send_traces(self, records: list[TraceRecord]) -> None:
+    async def _send_traces(self, records: list[TraceRecord], state: _Partition) -> None:
+        """Send trace records; with sampling on, first decide them and publish the kept ones' spans."""
+        sampler = state.sampler
+        if sampler is not None:
+            kept = sampler.decide(records, state.assembler.guard_fired, time.monotonic())
+            if kept:
+                await self._send_kept(state.partition, kept)
         self.stats.traces += len(records)
         for i in range(0, len(records), TRACES_PER_MESSAGE):
             await self.traces_out.send(value=encode_traces(records[i : i + TRACES_PER_MESSAGE]))
+
+    async def _send_kept(self, partition: int, spans: list[AnySpan]) -> None:
+        """Kept spans onto `tracehouse.spans.kept`, in the partition of `tracehouse.spans` they came from."""
+        assert self.kept_out is not None
+        for message in encode_kept(spans):
+            await self.kept_out.send(value=message, partition=partition)
 
     async def _dead_letter(self, reason: str, payload: bytes, partition: int, offset: int) -> None:
         self.stats.rejected += 1

@@ -77,6 +77,7 @@ def test_migrate_creates_every_topic_and_is_idempotent(settings: Settings, broke
         topics.ALERTS: 1,
         topics.DLQ: 1,
         topics.SCORES: 3,
+        topics.SCORE_ROLLUPS: 1,
     }
     configs = topic_configs(broker.bootstrap, list(topics.ALL))
     for name in topics.ALL:
