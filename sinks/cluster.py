@@ -26,6 +26,10 @@ exporter's cluster layout too):
     shard and ReplacingMergeTree(version) collapses them;
   - any other table (`rollups`, `alerts`): `cityHash64(<its ORDER BY key>)`, so a record delivered twice
     lands on the shard of its twin and ReplacingMergeTree collapses them;
+- tables of NODE_LOCAL_ENGINES (`spans_first_seen`, Null; `span_keys`, EmbeddedRocksDB) are `X_local` on
+  every node and nothing more: spans_minutely's first-seen filter works per node, which is exact when
+  each span's copies reach the same node (one replica per shard; with several, a twin inserted through
+  another replica counts again);
 - materialized views are created on every node and read from and write to the `_local` tables (each
   replica's view sees the inserts that replica receives; replication copies the results);
 - other statements (the version-2 backfill `INSERT ... SELECT`) run unchanged against the Distributed
@@ -92,6 +96,13 @@ _ALTER = re.compile(
 )
 _MV_TARGET = re.compile(r"\s*TO\s+(?:`[^`]+`|\w+)\.(?P<table>\w+)", re.IGNORECASE)
 _INSERT = re.compile(r"^\s*INSERT\s+INTO\s+", re.IGNORECASE)
+_DROP_VIEW = re.compile(
+    r"^\s*DROP\s+VIEW\s+(?P<ie>IF\s+EXISTS\s+)?(?P<db>`[^`]+`|\w+)\.(?P<view>\w+)\s*$", re.IGNORECASE
+)
+# Engines whose tables belong to one node: they hold no shared data (Null feeds its views; EmbeddedRocksDB
+# holds what that node's own views need, such as the span keys its inserts have seen), so each node gets
+# `X_local` with the same engine and there is no Distributed `X`.
+NODE_LOCAL_ENGINES = frozenset({"Null", "EmbeddedRocksDB"})
 _ENGINE = re.compile(r"\bENGINE\s*=\s*(?P<engine>\w+)(?:\s*\((?P<args>[^()]*)\))?", re.IGNORECASE)
 _ORDER_BY = re.compile(r"\bORDER\s+BY\s+(?P<key>\([^\n]*\)|[^\s]+)", re.IGNORECASE)
 _COLUMN_OPS = re.compile(
@@ -107,7 +118,7 @@ class ClusterTable:
     local: str  # the Replicated table on every node
     engine: str  # the single-node engine, e.g. ReplacingMergeTree
     replicated_engine: str  # e.g. ReplicatedReplacingMergeTree
-    sharding_key: str
+    sharding_key: str  # "" for a node-local table (NODE_LOCAL_ENGINES): no Distributed table
 
 
 def _check_name(kind: str, value: str, pattern: re.Pattern[str] = _NAME) -> str:
@@ -238,6 +249,10 @@ def _create_table(
     if engine_match is None:
         raise ValueError(f"CREATE TABLE {table} has no ENGINE clause")
     engine, args = engine_match.group("engine"), engine_match.group("args")
+    if engine in NODE_LOCAL_ENGINES:
+        ine = "IF NOT EXISTS " if head.group("ine") else ""
+        info = ClusterTable(name=table, local=local, engine=engine, replicated_engine=engine, sharding_key="")
+        return [f"CREATE TABLE {ine}{db}.{local} {_on_cluster(cluster)}\n{columns}{rest}"], info
     if replicated:
         new_engine = _replicated_engine(engine, args, ZOOKEEPER_PATH, REPLICA_NAME)
         rest = re.sub(r"\bnon_replicated_deduplication_window\b", "replicated_deduplication_window", rest)
@@ -282,9 +297,14 @@ def _transform(statement: str, database: str, cluster: str, schema: _Schema, rep
         if table not in schema.tables:
             raise ValueError(f"ALTER TABLE {table}: not a table of the migrations")
         out = [f"ALTER TABLE {db}.{table}{LOCAL_SUFFIX} {on}\n{ops}\n"]
-        if _COLUMN_OPS.match(ops):  # the Distributed table mirrors the columns, nothing else
+        # The Distributed table mirrors the columns, nothing else (not codecs: they matter where data is)
+        if _COLUMN_OPS.match(ops) and "CODEC(" not in ops.upper():
             out.append(f"ALTER TABLE {db}.{table} {on}\n{ops}\n")
         return out
+    drop = _DROP_VIEW.match(statement)
+    if drop is not None:
+        ie = "IF EXISTS " if drop.group("ie") else ""
+        return [f"DROP VIEW {ie}{db}.{_check_name('view', drop.group('view'))} {on}"]
     if _INSERT.match(statement):
         return [statement]  # through the Distributed tables: rows are sharded like any insert
     first = " ".join(statement.strip().split(None, 2)[:2])

@@ -225,7 +225,7 @@ ORDER BY (rule, service, window_start, state)
 # `rollups` holds what the worker computed for the alert rules' windows; `spans_minutely` is what SQL
 # needs to ask about any group and any time step without scanning `spans`: one row per (minute, service,
 # kind, name, model) holding mergeable states (-State); queries read it with -Merge and roll minutes up to
-# any coarser step (see sinks/queries/latency-by-minute.sql). Latency is a t-digest (quantilesTDigest):
+# any coarser step (see read/sql/latency-by-minute.sql). Latency is a t-digest (quantilesTDigest):
 # a compact state that merges like the counts (an hour is the merge of its sixty minutes), approximate
 # where `quantile` over raw spans is exact for small groups; tests/test_queries.py holds it to within two
 # ranks of the exact value.
@@ -372,6 +372,194 @@ SCORES_FROM_SPANS_BACKFILL_V3 = (
     "created_at, ingest_partition)" + _SPAN_SCORES_SELECT + "FROM {db}.spans FINAL" + _SPAN_SCORES_FROM
 )
 
+# ---- version 4: spans_minutely counts a span sent twice once; lighter inserts ---------------------------
+#
+# A span a producer sent twice (an exporter's retry after a lost answer) is two rows of `spans` until a
+# merge collapses them, and version 2's view aggregated both: the charts counted it twice, for good. Now
+# the view aggregates only spans it has not seen: `spans_first_seen_mv` looks the block's span keys
+# (SipHash-128 of trace id and span id) up in `span_keys`, a key-value table (EmbeddedRocksDB: point
+# lookups, rows expire after SPAN_KEYS_TTL_S), keeps the unseen ones once each (LIMIT 1 BY: twins within
+# one insert) and hands them to `spans_first_seen` (Null engine: stores nothing, only feeds its views),
+# whose two views fill `spans_minutely` and record the keys. The chain is sequential within an insert,
+# so the next insert sees this one's keys; the sink inserts a Kafka partition's batches one at a time,
+# and twins share a partition (keyed by trace id).
+#
+# Why not feed the charts from the worker's rollups, which already deduplicate: their latency sketches
+# merge only in Python (the charts roll minutes up to any step in SQL), they are windows of span end (the
+# charts count by span start), and without a worker the charts would be empty. Cost of exactness here:
+# 4-8 µs of server CPU per span, ~3 more with millions of keys stored (tests/benchmarks/
+# clickhouse_insert.py); the cuts below pay for about that much.
+#
+# Limits, said here once: a twin arriving more than SPAN_KEYS_TTL_S after its first copy counts again
+# (OpenTelemetry exporters and the Collector stop retrying after 5 minutes by default; 15 keeps three times
+# that and bounds the table, whose lookups slow down as it grows); an insert that fails after its keys
+# were written and is retried does not count its new spans (views are not transactional: the same window
+# in which version 2 counted them twice); minutes aggregated before this migration keep their counts.
+#
+# Also: `spans` inserts are written as compact parts (SPANS_COMPACT_BYTES, the largest cut); `trace_id_ts`
+# is ordered by trace id, so its bloom filter on trace id only cost inserts; and the large text columns of
+# `spans` go from ZSTD(3) to ZSTD(1): 3-4 µs less per span, 5 % more bytes on disk (633 against 602 per
+# span of issue 12's workload); parts written before keep ZSTD(3) until merged.
+SPAN_KEYS_TTL_S = 900
+
+SPAN_KEYS_V4 = f"""
+CREATE TABLE IF NOT EXISTS {{db}}.span_keys
+(
+    key UInt128,
+    seen UInt8 DEFAULT 1
+)
+ENGINE = EmbeddedRocksDB({SPAN_KEYS_TTL_S})
+PRIMARY KEY key
+"""
+
+SPANS_FIRST_SEEN_V4 = """
+CREATE TABLE IF NOT EXISTS {db}.spans_first_seen
+(
+    key UInt128,
+    start_time DateTime64(9),
+    service LowCardinality(String),
+    kind LowCardinality(String),
+    name LowCardinality(String),
+    model LowCardinality(String),
+    status LowCardinality(String),
+    duration_ns Int64,
+    input_tokens UInt32,
+    output_tokens UInt32,
+    cached_tokens UInt32,
+    reasoning_tokens UInt32,
+    total_tokens UInt32,
+    cost_usd Float64
+)
+ENGINE = Null
+"""
+
+DROP_SPANS_MINUTELY_MV_V4 = "DROP VIEW IF EXISTS {db}.spans_minutely_mv"
+
+# `seen` is 0 (the column default) where the LEFT JOIN finds no key: a direct key lookup in RocksDB.
+SPANS_FIRST_SEEN_MV_V4 = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.spans_first_seen_mv TO {db}.spans_first_seen AS
+SELECT
+    reinterpretAsUInt128(sipHash128(s.trace_id, s.span_id)) AS key,
+    s.start_time AS start_time, s.service AS service, s.kind AS kind, s.name AS name, s.model AS model,
+    s.status AS status, s.duration_ns AS duration_ns, s.input_tokens AS input_tokens,
+    s.output_tokens AS output_tokens, s.cached_tokens AS cached_tokens, s.reasoning_tokens AS reasoning_tokens,
+    s.total_tokens AS total_tokens, s.cost_usd AS cost_usd
+FROM {db}.spans AS s
+LEFT JOIN {db}.span_keys AS known ON key = known.key
+WHERE known.seen = 0
+LIMIT 1 BY key
+"""
+
+SPANS_MINUTELY_MV_V4 = (
+    "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.spans_minutely_mv TO {db}.spans_minutely AS"
+    + _SPANS_MINUTELY_SELECT
+    + "FROM {db}.spans_first_seen\nGROUP BY minute, service, kind, name, model\n"
+)
+
+SPAN_KEYS_MV_V4 = """
+CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.span_keys_mv TO {db}.span_keys AS
+SELECT key FROM {db}.spans_first_seen
+"""
+
+TRACE_LOOKUP_NO_BLOOM_V4 = "ALTER TABLE {db}.trace_id_ts DROP INDEX IF EXISTS idx_trace_id"
+
+# Inserts write compact parts (all columns in one file) below this many bytes; merges make wide parts above
+# it. A wide part of `spans` opens a file and a write buffer per column stream (about 150): at the sink's
+# insert sizes that cost more server CPU than the rows themselves (82 -> 54 µs per span at 5,000 rows per
+# insert, tests/benchmarks/clickhouse_insert.py `compact`). The sink's largest batch (50,000 spans of
+# ~2.6 KB) stays below it.
+SPANS_COMPACT_BYTES = 256 << 20
+SPANS_COMPACT_PARTS_V4 = f"ALTER TABLE {{db}}.spans MODIFY SETTING min_bytes_for_wide_part = {SPANS_COMPACT_BYTES}"
+
+TEXT_CODECS_V4 = """
+ALTER TABLE {db}.spans
+    MODIFY COLUMN input String CODEC(ZSTD(1)),
+    MODIFY COLUMN output String CODEC(ZSTD(1))
+"""
+
+# ---- version 6: guard alerts (pipeline/guards.py) are about one trace ------------------------------------
+#
+# An alert of a rule of type `trace` carries the trace's id, user and session. The trace id joins the
+# sorting key, or two traces breaching one rule in one service within the same second would collapse into
+# one row (ReplacingMergeTree); a guard alert published twice (a worker restarted mid-checkpoint) still
+# does. ClickHouse lets a sorting key grow only by columns added in the same ALTER, hence one statement
+# for the local table; the second adds the columns where the first did not (the Distributed table of the
+# cluster mode, which mirrors columns only) and changes nothing on one server.
+ALERTS_GUARD_KEY_V6 = """
+ALTER TABLE {db}.alerts
+    ADD COLUMN IF NOT EXISTS trace_id String,
+    ADD COLUMN IF NOT EXISTS user_id String,
+    ADD COLUMN IF NOT EXISTS session_id String,
+    MODIFY ORDER BY (rule, service, window_start, state, trace_id)
+"""
+
+ALERTS_GUARD_COLUMNS_V6 = """
+ALTER TABLE {db}.alerts
+    ADD COLUMN IF NOT EXISTS trace_id String,
+    ADD COLUMN IF NOT EXISTS user_id String,
+    ADD COLUMN IF NOT EXISTS session_id String
+"""
+
+# ---- version 5: the worker's windows of scores -----------------------------------------------------------
+#
+# Per window (10 s and 60 s, as `rollups`) and per (score name, service, model) of the scored trace: how
+# many scores, the count/sum/average/min/max of their numeric values, and how many of each label and each
+# numeric value (up to 20 distinct per row, the rest under '__other__'; a value as text, "1.0"). What the
+# alert rules on scores read; written by the sink from `tracehouse.score-rollups` (core/rollups.py
+# ScoreRollup). A revised row (late scores) replaces its older self, as in `rollups`: read with FINAL.
+SCORE_ROLLUPS_V5 = """
+CREATE TABLE IF NOT EXISTS {db}.score_rollups
+(
+    window_start DateTime CODEC(Delta(4), ZSTD(1)),
+    window_seconds UInt32,
+    name LowCardinality(String),
+    service LowCardinality(String),
+    model LowCardinality(String),
+    count UInt64,
+    value_count UInt64,
+    value_sum Float64,
+    value_avg Float64,
+    value_min Float64,
+    value_max Float64,
+    label_counts Map(String, UInt64),
+    value_counts Map(String, UInt64)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toDate(window_start)
+ORDER BY (window_seconds, name, service, model, window_start)
+{ttl_rollups}
+"""
+
+# ---- version 7: the price version of each span and trace; cache-write tokens --------------------------------
+#
+# Costs come from a price table that changes (core/pricing.py: the built-in table, or the user's file named
+# by TRACEHOUSE_PRICES, versioned by its content). Each span and trace now records the version it was priced
+# with ('' where the cost came with the span), so one can tell which prices a number used and `tracehouse
+# reprice` can bring stored costs to the current table. Tokens written to a provider's prompt cache are
+# counted apart (`cache_write_tokens`, part of `input_tokens` as `cached_tokens` is), since they are billed
+# at their own price. Rows stored before this migration read '' and 0.
+SPANS_PRICE_VERSION_V7 = """
+ALTER TABLE {db}.spans
+    ADD COLUMN IF NOT EXISTS price_version LowCardinality(String) CODEC(ZSTD(1)) AFTER cost_source,
+    ADD COLUMN IF NOT EXISTS cache_write_tokens UInt32 CODEC(ZSTD(1)) AFTER reasoning_tokens
+"""
+
+TRACES_PRICE_VERSION_V7 = """
+ALTER TABLE {db}.traces
+    ADD COLUMN IF NOT EXISTS price_version LowCardinality(String) AFTER cost_usd
+"""
+
+# ---- version 8: tail sampling ------------------------------------------------------------------------------
+#
+# With tail sampling on (pipeline/sampling.py), `traces` still records every trace; `sampled` says whether
+# its spans are stored, `sampled_by` which rule kept it ('' when dropped). Rows stored before read true and
+# '' (every span was stored then).
+TRACES_SAMPLED_V8 = """
+ALTER TABLE {db}.traces
+    ADD COLUMN IF NOT EXISTS sampled Bool DEFAULT true,
+    ADD COLUMN IF NOT EXISTS sampled_by LowCardinality(String)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -397,6 +585,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         "scores: scores added after the fact, and the scores spans carry (view + backfill)",
         (SCORES_V3, SCORES_FROM_SPANS_MV_V3, SCORES_FROM_SPANS_BACKFILL_V3),
     ),
+    Migration(
+        4,
+        "spans_minutely counts each span once (span_keys); lighter span inserts (compact parts, ZSTD(1) text)",
+        (
+            SPAN_KEYS_V4,
+            SPANS_FIRST_SEEN_V4,
+            DROP_SPANS_MINUTELY_MV_V4,
+            SPANS_FIRST_SEEN_MV_V4,
+            SPANS_MINUTELY_MV_V4,
+            SPAN_KEYS_MV_V4,
+            TRACE_LOOKUP_NO_BLOOM_V4,
+            TEXT_CODECS_V4,
+            SPANS_COMPACT_PARTS_V4,
+        ),
+    ),
+    Migration(5, "score_rollups: the worker's windows of scores", (SCORE_ROLLUPS_V5,)),
+    Migration(
+        6,
+        "alerts: trace_id, user_id, session_id of guard alerts (rules of type trace); trace_id in the key",
+        (ALERTS_GUARD_KEY_V6, ALERTS_GUARD_COLUMNS_V6),
+    ),
+    Migration(
+        7,
+        "spans and traces: the price version they were priced with; spans: cache_write_tokens",
+        (SPANS_PRICE_VERSION_V7, TRACES_PRICE_VERSION_V7),
+    ),
+    Migration(8, "traces: sampled and sampled_by (tail sampling)", (TRACES_SAMPLED_V8,)),
 )
 
 MIGRATIONS_TABLE = """

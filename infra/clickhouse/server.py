@@ -38,6 +38,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from tracehouse.core import settings as env
 from tracehouse.core.config import CLICKHOUSE_USERS_FILE_ENV
 from tracehouse.infra.clickhouse.access import Access, Refused, Users, readonly_level
 from tracehouse.infra.clickhouse.codecs import BodyDecoder, CodecError, ResponseBody, response_encoder
@@ -495,8 +496,8 @@ def serve(
     The engine's timezone is fixed to `timezone` (UTC by default) so results do not depend on where the
     server runs; pass None to keep the process's. `users_file` defaults to TRACEHOUSE_CLICKHOUSE_USERS_FILE.
     """
-    if users_file is None and os.environ.get(CLICKHOUSE_USERS_FILE_ENV):
-        users_file = Path(os.environ[CLICKHOUSE_USERS_FILE_ENV])
+    if users_file is None:
+        users_file = env.get(env.CLICKHOUSE_USERS_FILE)
     try:
         users = Users.load(users_file) if users_file is not None else None
     except ValueError as exc:
