@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from tracehouse.core import settings as env
 from tracehouse.core.config import DEFAULT_SINK_HEALTH_PORT, DEFAULT_WORKER_HEALTH_PORT, Settings
 
 
@@ -116,7 +116,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     metrics_port = args.metrics_port
     if metrics_port is None:
-        metrics_port = int(os.environ.get("TRACEHOUSE_SINK_METRICS_PORT") or 0)
+        metrics_port = env.get(env.SINK_METRICS_PORT)
     settings = _settings(args)
     health = {"sink_health_host": args.health_host, "sink_health_port": args.health_port}
     settings = replace(settings, **{k: v for k, v in health.items() if v is not None})
@@ -124,21 +124,20 @@ def cmd_sink(args: argparse.Namespace) -> int:
         settings,
         batch_rows=args.batch_rows,
         flush_interval_s=args.flush_interval,
-        insert_lanes=args.insert_lanes,
+        insert_lanes=args.insert_lanes if args.insert_lanes is not None else env.get(env.SINK_INSERT_LANES),
         metrics_port=metrics_port,
-        metrics_host=os.environ.get("TRACEHOUSE_SINK_METRICS_HOST") or "127.0.0.1",
+        metrics_host=env.get(env.SINK_METRICS_HOST),
     )
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
     _need("receiver", "opentelemetry.proto")
-    from tracehouse.producers.otlp.app import DEFAULT_HOST, DEFAULT_PORT
-    from tracehouse.producers.otlp.server import run_receiver
+    from tracehouse.producers.otlp.processes import run_receivers
 
     tokens = [t for t in (args.token or []) if t]
-    host = args.host or os.environ.get("TRACEHOUSE_RECEIVER_HOST") or DEFAULT_HOST
-    port = args.port or int(os.environ.get("TRACEHOUSE_RECEIVER_PORT") or DEFAULT_PORT)
-    return run_receiver(_settings(args), host, port, tokens)
+    host = args.host or env.get(env.RECEIVER_HOST)
+    port = args.port or env.get(env.RECEIVER_PORT)
+    return run_receivers(_settings(args), host, port, tokens, args.processes)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -218,11 +217,70 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     _need("web", "clickhouse_connect")
-    from tracehouse.web.app import DEFAULT_PORT, run_web
+    from tracehouse.web.app import run_web
 
-    host = args.host or os.environ.get("TRACEHOUSE_WEB_HOST") or "127.0.0.1"
-    port = args.port if args.port is not None else int(os.environ.get("TRACEHOUSE_WEB_PORT") or DEFAULT_PORT)
+    host = args.host or env.get(env.WEB_HOST)
+    port = args.port if args.port is not None else env.get(env.WEB_PORT)
     return run_web(_settings(args), host, port)
+
+
+def cmd_reprice(args: argparse.Namespace) -> int:
+    _need("sinks", "clickhouse_connect")
+    import time
+
+    from tracehouse.cli.reprice import main_reprice
+    from tracehouse.core.pricing import PriceFileError, configured_prices, load_price_file
+    from tracehouse.read.times import TIME_FORMS, time_ns
+
+    since_ns = time_ns(args.since, time.time_ns())
+    if since_ns is None:
+        raise SystemExit(f"tracehouse reprice: --since {args.since!r} is not {TIME_FORMS}")
+    try:
+        prices = load_price_file(args.prices) if args.prices else configured_prices()
+    except PriceFileError as exc:
+        raise SystemExit(f"tracehouse reprice: {exc}") from None
+    return main_reprice(_settings(args).clickhouse, prices, since_ns, args)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    _need("pipeline", "faust")
+    import asyncio
+    import time
+
+    from tracehouse.core.pricing import PriceFileError, configured_prices
+    from tracehouse.pipeline.replay import replay
+    from tracehouse.read.times import TIME_FORMS, time_ns
+
+    now = time.time_ns()
+    start, end = time_ns(args.from_time, now), time_ns(args.to_time, now) if args.to_time else now
+    if start is None or end is None or end <= start:
+        raise SystemExit(f"tracehouse replay: --from and --to must be {TIME_FORMS}, --from before --to")
+    try:
+        prices = configured_prices()
+    except PriceFileError as exc:
+        raise SystemExit(f"tracehouse replay: {exc}") from None
+
+    def progress(line: str) -> None:
+        print(f"replay: {line}", file=sys.stderr, flush=True)
+
+    report = asyncio.run(replay(_settings(args).kafka_bootstrap, start, end, prices, progress=progress))
+    print(
+        f"replayed {report.messages} records ({report.spans} spans; {report.refused} refused for their times, "
+        f"{report.undecodable} undecodable): {report.traces} traces published on tracehouse.traces "
+        f"with prices {prices.version}"
+    )
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from tracehouse.cli.config_view import print_config
+
+    flags = {
+        env.KAFKA_BOOTSTRAP.name: args.kafka,
+        env.CLICKHOUSE_URL.name: args.clickhouse,
+        env.DATA_DIR.name: str(args.data_dir) if args.data_dir else None,
+    }
+    return print_config(as_json=args.json, flags=flags)
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
@@ -242,6 +300,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "alerts": ("alerts firing now and recent alert state changes", cmd_alerts),
     "top": ("live rollups: spans/s, p95 latency, error rate, tokens and cost per service and model", cmd_top),
     "web": ("the trace explorer in a browser: traces, sessions, waterfall, span details, charts, alerts", cmd_web),
+    "config": ("every TRACEHOUSE_* setting with its value and where it came from (secrets masked)", cmd_config),
+    "reprice": ("recompute stored costs (spans, traces, rollups) with the current price table", cmd_reprice),
+    "replay": ("re-derive the traces of a time range from the span log in Kafka (current prices)", cmd_replay),
 }
 
 
@@ -281,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["receiver"].add_argument(
         "--token", action="append", help="accepted bearer token (repeatable) [TRACEHOUSE_RECEIVER_TOKENS]"
     )
+    parsers["receiver"].add_argument(
+        "--processes", type=int, default=1, help="receiver processes sharing the port (SO_REUSEPORT) [1]"
+    )
     parsers["web"].add_argument("--host", help="address to bind [TRACEHOUSE_WEB_HOST, 127.0.0.1]")
     parsers["web"].add_argument(
         "--port", type=int, default=None, help="port, 0 for any free one [TRACEHOUSE_WEB_PORT, 8787]"
@@ -312,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["sink"].add_argument(
         "--insert-lanes",
         type=int,
-        default=int(os.environ.get("TRACEHOUSE_SINK_INSERT_LANES") or 2),
+        default=None,
         help="concurrent inserts under a backlog, each for its share of the partitions [TRACEHOUSE_SINK_INSERT_LANES]",
     )
     parsers["sink"].add_argument(
@@ -357,6 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parsers["top"].add_argument("--once", action="store_true", help="print one table and exit")
     parsers["top"].add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    parsers["config"].add_argument("--json", action="store_true", help="the settings as a JSON array")
+    parsers["reprice"].add_argument("--since", default="7d", help="spans that started since: 7d, 24h or a time")
+    parsers["reprice"].add_argument("--model", help="only this model (as stored in spans.model)")
+    parsers["reprice"].add_argument("--prices", type=Path, help="the price file [TRACEHOUSE_PRICES; unset: built-in]")
+    parsers["reprice"].add_argument("--dry-run", action="store_true", help="print the summary, write nothing")
+    parsers["replay"].add_argument(
+        "--from", dest="from_time", required=True, help="records Kafka received from: 2h, 1d or a time"
+    )
+    parsers["replay"].add_argument("--to", dest="to_time", help="... until (default: now)")
     return parser
 
 

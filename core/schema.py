@@ -104,7 +104,8 @@ class LLMCall(Struct, omit_defaults=True, gc=False):
 class TokenUsage(Struct, omit_defaults=True, gc=False):
     """Token counts by class; cached and reasoning tokens are priced differently (question 2).
 
-    `input` includes `cached`, `output` includes `reasoning`, as the providers report them.
+    `input` includes `cached` (cache reads) and `cache_write` (tokens written to the prompt cache, billed
+    at a premium by Anthropic), `output` includes `reasoning`, as the providers report them.
     """
 
     input: Count = 0
@@ -112,6 +113,7 @@ class TokenUsage(Struct, omit_defaults=True, gc=False):
     cached: Count = 0
     reasoning: Count = 0
     total: Count = 0
+    cache_write: Count = 0  # last: Structs are built positionally
 
     def __post_init__(self) -> None:
         if self.total == 0:
@@ -369,6 +371,11 @@ class TraceRecord(Struct, omit_defaults=True, gc=False):
     slowest_span_id: str
     slowest_span_name: str
     slowest_span_duration_ns: int
+    price_version: str = ""  # the price table the worker priced the spans with (core/pricing.py)
+    # Tail sampling (pipeline/sampling.py): whether the trace's spans are stored, and the rule that kept it
+    # ("" when dropped or sampling is off). The defaults are what records from before sampling mean.
+    sampled: bool = True
+    sampled_by: str = ""
 
 
 class TraceBatch(Struct, omit_defaults=True, gc=False):

@@ -21,12 +21,19 @@ from collections.abc import Sequence
 
 import msgspec
 
-from tracehouse.core.pricing import PriceTable, price_span
+from tracehouse.core.error_types import span_error_type
+from tracehouse.core.pricing import PriceTable, price_span, priced_version
 from tracehouse.core.schema import Document, LLMCall, Message, PromptTemplate, Score, Span, TraceRecord
 
 
 def ns_text(ns: int) -> str:
-    """Nanoseconds since the epoch as DateTime64(9) text."""
+    """Nanoseconds since the epoch as DateTime64(9) text: the decimal digits with a point before the last
+    nine. Cutting the digit string costs half as much as `divmod` and a zero-padded format (it runs twice
+    a span); a time before 1970-01-01 00:00:01 (never valid in a span: core.schema's TimeNs) takes the
+    long way."""
+    if ns >= 1_000_000_000:
+        digits = str(ns)
+        return f"{digits[:-9]}.{digits[-9:]}"
     seconds, nanos = divmod(ns, 1_000_000_000)
     return f"{seconds}.{nanos:09d}"
 
@@ -64,6 +71,8 @@ class SpanRow(msgspec.Struct, gc=False, array_like=True):
     reasoning_tokens: int
     cost_usd: float
     cost_source: str
+    price_version: str
+    cache_write_tokens: int
     input: str
     output: str
     attributes: dict[str, str]
@@ -100,32 +109,28 @@ _NONE: tuple[()] = ()  # for empty list columns: one shared object instead of a 
 
 
 def error_type_of(span: Span) -> str:
-    """The span's error class: `error.type` when set (e.g. "rate_limit"), else the exception's type."""
-    explicit = span.attributes.get("error.type")
-    if explicit:
-        return explicit
-    for event in span.events:
-        if event.name == "exception":
-            return event.attributes.get("exception.type", "exception")
-    return "" if span.status != "ERROR" else "error"
+    """The span's error class by the one rule the SDK, the receiver and the worker's rollups apply too
+    (core/error_types.py): "rate_limit", else `error.type` when set, else the exception's type."""
+    return span_error_type(span.attributes.get("error.type"), span.events, span.status, span.status_message)
 
 
 def span_row(span: Span, prices: PriceTable, partition: int = 0, offset: int = 0) -> SpanRow:
-    """The `spans` row for one span, priced from the price table when the span carries no cost."""
+    """The `spans` row for one span, priced from the price table (the entry in effect at its start) when
+    the span carries no cost, with the table's version."""
     llm = span.llm or _EMPTY_LLM
     usage = span.usage
-    cost, cost_source = price_span(prices, llm.model, usage, span.cost_usd)
+    cost, cost_source = price_span(prices, llm.model, usage, span.cost_usd, span.start_time_ns)
     prompt = span.prompt or _EMPTY_PROMPT
     start, end = span.start_time_ns, span.end_time_ns
-    start_s, start_ns = divmod(start, 1_000_000_000)
-    end_s, end_ns = divmod(end, 1_000_000_000)
+    # `ns_text` inlined (it runs twice a span); a span's times are always past 1970-01-01 00:00:01 (TimeNs)
+    start_digits, end_digits = str(start), str(end)
     status = span.status
     events = span.events
     if usage is None:
-        input_tokens = output_tokens = total_tokens = cached_tokens = reasoning_tokens = 0
+        input_tokens = output_tokens = total_tokens = cached_tokens = reasoning_tokens = cache_write_tokens = 0
     else:
         input_tokens, output_tokens, total_tokens = usage.input, usage.output, usage.total
-        cached_tokens, reasoning_tokens = usage.cached, usage.reasoning
+        cached_tokens, reasoning_tokens, cache_write_tokens = usage.cached, usage.reasoning, usage.cache_write
     # Positional, in SpanRow's field order (cheaper than matching 46 keyword names).
     return SpanRow(
         span.trace_id,
@@ -134,8 +139,8 @@ def span_row(span: Span, prices: PriceTable, partition: int = 0, offset: int = 0
         span.name,
         span.kind,
         span.service,
-        f"{start_s}.{start_ns:09d}",
-        f"{end_s}.{end_ns:09d}",
+        f"{start_digits[:-9]}.{start_digits[-9:]}",
+        f"{end_digits[:-9]}.{end_digits[-9:]}",
         end - start,
         status,
         span.status_message,
@@ -149,6 +154,8 @@ def span_row(span: Span, prices: PriceTable, partition: int = 0, offset: int = 0
         reasoning_tokens,
         cost,
         cost_source,
+        priced_version(prices, cost_source),
+        cache_write_tokens,
         span.input,
         span.output,
         span.attributes,
@@ -226,6 +233,9 @@ class TraceRow(msgspec.Struct):
     slowest_span_id: str
     slowest_span_name: str
     slowest_span_duration_ns: int
+    price_version: str
+    sampled: bool  # tail sampling (migration 8)
+    sampled_by: str
 
 
 TRACE_COLUMNS: tuple[str, ...] = TraceRow.__struct_fields__
@@ -259,4 +269,7 @@ def trace_row(t: TraceRecord) -> TraceRow:
         t.slowest_span_id,
         t.slowest_span_name,
         t.slowest_span_duration_ns,
+        t.price_version,
+        t.sampled,
+        t.sampled_by,
     )

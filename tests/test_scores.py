@@ -360,7 +360,7 @@ def test_migrate_upgrades_to_scores_and_backfills_the_scores_spans_carry(clickho
         insert(spans[:100])
         assert "scores" not in {r[0] for r in client.query("SHOW TABLES").result_rows}
         upgrade = asyncio.run(migrate(target))
-        assert upgrade.applied == [3] and upgrade.current_version == LATEST_VERSION
+        assert upgrade.applied == list(range(3, LATEST_VERSION + 1)) and upgrade.current_version == LATEST_VERSION
         before = sum(len(s.scores) for s in spans[:100])
         assert count() == before
         assert asyncio.run(migrate(target)).applied == []
