@@ -59,7 +59,6 @@ from .vocabulary import (
     USER,
 )
 
-
 # The values instrumentations actually send, spelled as sent, to their kind: one look-up for them,
 # and the normalising (`str`, `strip`, case) only for the rest.
 _OI_KIND_SPELLED = {kind: kind for kind in OI_KINDS} | {k: v for k, v in OI_KIND_ALIASES.items() if v in OI_KINDS}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracehouse.core.schema import LLMCall
+from tracehouse.core.schema import LLMCall, Message
 
 from ..payload import attr_text, finite, json_value, short, str_list, uint32
 from .attributes import SpanAttributes, typed
@@ -69,25 +69,33 @@ def read_llm(attrs: SpanAttributes, kind: str, span_input: str) -> tuple[LLMCall
             params = parsed
         invocation_text = attr_text(invocation, limit)
 
-    temperature = typed(attrs, TEMPERATURE, finite)
-    if temperature is None:
+    # Each parameter from its attribute, else from the invocation parameters; a span has few of them, so
+    # the absent ones are skipped on the section bits and an empty `params` (no calls that find nothing).
+    flags = attrs.flags
+    temperature = typed(attrs, TEMPERATURE, finite) if flags & TEMPERATURE.bit else None
+    if temperature is None and params:
         temperature = finite(params.get("temperature"))
-    max_tokens = typed(attrs, MAX_TOKENS, uint32)
-    if max_tokens is None:
+    max_tokens = typed(attrs, MAX_TOKENS, uint32) if flags & MAX_TOKENS.bit else None
+    if max_tokens is None and params:
         max_tokens = uint32(_first_param(params, _PARAM_MAX_TOKENS))
-    top_p = typed(attrs, TOP_P, finite)
-    if top_p is None:
+    top_p = typed(attrs, TOP_P, finite) if flags & TOP_P.bit else None
+    if top_p is None and params:
         top_p = finite(_first_param(params, _PARAM_TOP_P))
-    stop = typed(attrs, STOP, str_list)
+    stop = typed(attrs, STOP, str_list) if flags & STOP.bit else None
     if stop is None:
-        stop = str_list(_first_param(params, _PARAM_STOP)) or []
+        stop = (str_list(_first_param(params, _PARAM_STOP)) if params else None) or []
 
-    input_messages, _ = flat_messages(attrs, OI_INPUT, message_oi)
-    output_messages, finish = flat_messages(attrs, OI_OUTPUT, message_oi)
-    if not input_messages:
-        input_messages = text_items(attrs, OI_PROMPTS, "prompt.text", "user")
-    if not output_messages:
-        output_messages = text_items(attrs, OI_CHOICES, "completion.text", "assistant")
+    groups = attrs.groups  # the flattened lists (`group` pops from this dict): none on a GenAI span
+    input_messages: list[Message] = []
+    output_messages: list[Message] = []
+    finish = ""
+    if groups:
+        input_messages, _ = flat_messages(attrs, OI_INPUT, message_oi)
+        output_messages, finish = flat_messages(attrs, OI_OUTPUT, message_oi)
+        if not input_messages:
+            input_messages = text_items(attrs, OI_PROMPTS, "prompt.text", "user")
+        if not output_messages:
+            output_messages = text_items(attrs, OI_CHOICES, "completion.text", "assistant")
     new_input = ""
     if not input_messages:
         raw = attrs.peek(GENAI_INPUT)
@@ -106,9 +114,9 @@ def read_llm(attrs: SpanAttributes, kind: str, span_input: str) -> tuple[LLMCall
             output_messages, genai_finish = parsed_messages
             finish = finish or genai_finish
             # the raw JSON stays (or becomes the output) like the input's; see read_payloads
-    if not input_messages:
+    if not input_messages and groups:
         input_messages, _ = flat_messages(attrs, OL_PROMPT, message_openllmetry)
-    if not output_messages:
+    if not output_messages and groups:
         output_messages, finish_ol = flat_messages(attrs, OL_COMPLETION, message_openllmetry, "finish_reason")
         finish = finish or finish_ol
 

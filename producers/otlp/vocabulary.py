@@ -76,6 +76,12 @@ CACHED_TOKENS = _keys(
     "gen_ai.usage.cached_input_tokens",
     "gen_ai.usage.cached_tokens",
 )
+# Tokens written to the prompt cache (Anthropic's cache creation), priced apart from plain input.
+CACHE_WRITE_TOKENS = _keys(
+    "llm.token_count.prompt_details.cache_write",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.cache_creation_input_tokens",
+)
 REASONING_TOKENS = _keys(
     "llm.token_count.completion_details.reasoning",
     "gen_ai.usage.reasoning.output_tokens",
@@ -150,7 +156,7 @@ SECTIONS: dict[int, tuple[str, ...]] = {
         *MODEL, *PROVIDER, *INVOCATION, *TEMPERATURE, *MAX_TOKENS, *TOP_P, *STOP, *FINISH,
         *SYSTEM_INSTRUCTIONS, "gen_ai.input.messages", "gen_ai.output.messages",
     ),
-    USAGE_BIT: (*INPUT_TOKENS, *OUTPUT_TOKENS, *TOTAL_TOKENS, *CACHED_TOKENS, *REASONING_TOKENS),
+    USAGE_BIT: (*INPUT_TOKENS, *OUTPUT_TOKENS, *TOTAL_TOKENS, *CACHED_TOKENS, *CACHE_WRITE_TOKENS, *REASONING_TOKENS),
     COST_BIT: COST,
     TEMPLATE_BIT: (*TEMPLATE_NAME, *TEMPLATE_VERSION, *TEMPLATE_TEXT, *TEMPLATE_VARIABLES),
     DOCS_BIT: ("gen_ai.retrieval.documents",),
