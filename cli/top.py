@@ -188,6 +188,9 @@ class Snapshot:
     window_to: dt.datetime | None = None
     seconds: int = 0
     age_seconds: int | None = None
+    # Tail sampling over the range's traces (the named query `sampling`): verdict -> fraction of traces,
+    # e.g. {"dropped": 0.815, "error": 0.1, "rate": 0.085}; {"all": 1.0} with sampling off.
+    sampling: dict[str, float] = field(default_factory=dict)
 
     @property
     def window_from(self) -> dt.datetime | None:
@@ -216,6 +219,7 @@ class Snapshot:
             # without "windows": how many windows had any span is not the most any group had
             "total": {k: v for k, v in total.as_dict().items() if k != "windows"} if total else None,
             "message": NO_ROLLUPS.format(database=self.database) if self.empty else None,
+            "sampling": self.sampling,
         }
 
 
@@ -277,7 +281,24 @@ def read_snapshot(client: Any, request: QueryRequest, options: TopOptions, datab
         window_to=first["window_to"],
         seconds=first["seconds"],
         age_seconds=first["age_seconds"],
+        sampling=read_sampling(client, options),
     )
+
+
+def read_sampling(client: Any, options: TopOptions) -> dict[str, float]:
+    """The fraction of the range's traces per sampling verdict (the named query `sampling`)."""
+    request = build_request("sampling", params=[f"since_seconds={options.window_seconds}"])
+    columns, rows = run(client, request)
+    return {row["verdict"]: row["fraction"] for row in (dict(zip(columns, r, strict=True)) for r in rows)}
+
+
+def sampling_line(sampling: dict[str, float]) -> str:
+    """`sampling: kept 18.5 % (error 10.0 %, rate 8.5 %), dropped 81.5 %`; "" with sampling off."""
+    if not sampling or set(sampling) == {"all"}:
+        return ""
+    kept = {verdict: f for verdict, f in sampling.items() if verdict != "dropped"}
+    rules = ", ".join(f"{verdict} {f:.1%}" for verdict, f in kept.items())
+    return f"sampling: kept {sum(kept.values()):.1%} ({rules}), dropped {sampling.get('dropped', 0.0):.1%} of traces"
 
 
 # ---- the view --------------------------------------------------------------------------------------------
@@ -341,6 +362,9 @@ def render(
                 )
             )
         parts.append(group_table(snapshot, width))
+        line = sampling_line(snapshot.sampling)
+        if line:
+            parts.append(Text(line, style="dim"))
     if note:
         parts.append(Text(note, style="red" if note.startswith("refresh failed") else "dim"))
     return Group(*parts)

@@ -323,13 +323,19 @@ PRICES = _declare(
     "PRICES",
     PATH,
     None,
-    "a TOML file of model prices over the built-in table (worker, sink and `reprice` read it; unset: built-in)",
+    "a TOML file of model prices over the built-in table (worker, sink, `reprice`, `replay`; unset: built-in)",
 )
 
 _begin("Alerts", "the worker's alert rules and where alerts go")
 ALERT_RULES = _declare("ALERT_RULES", PATH, None, "a TOML file of rules (see `deploy/alerts.toml`; unset: built-in)")
 ALERT_WEBHOOK = _declare(
     "ALERT_WEBHOOK", TEXT, None, "URL each alert is POSTed to, as JSON (Slack-compatible)", secret=True
+)
+SAMPLING = _declare(
+    "SAMPLING",
+    FLAG,
+    False,
+    "1: tail sampling (worker and sink): spans of traces the `[sampling]` rules drop are not stored",
 )
 
 _begin("Sink", "`tracehouse sink`, Kafka to ClickHouse")

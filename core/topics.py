@@ -16,8 +16,12 @@ ALERTS = "tracehouse.alerts"
 DLQ = "tracehouse.dlq"
 SCORES = "tracehouse.scores"  # scores added after the fact (core/scores.py)
 SCORE_ROLLUPS = "tracehouse.score-rollups"  # the worker's windows of scores (core/rollups.py ScoreRollup)
+# With tail sampling on (TRACEHOUSE_SAMPLING), the spans of the traces the worker keeps: the sink stores
+# these instead of SPANS (pipeline/sampling.py). Created always, sampling on or off: the worker and the sink
+# may be started with the setting before or after `migrate`, and an empty topic costs nothing.
+SPANS_KEPT = "tracehouse.spans.kept"
 
-ALL = (SPANS, TRACES, ROLLUPS, ALERTS, DLQ, SCORES, SCORE_ROLLUPS)
+ALL = (SPANS, TRACES, ROLLUPS, ALERTS, DLQ, SCORES, SCORE_ROLLUPS, SPANS_KEPT)
 
 # The workers' own topic: window partials from every partition to the one merger (core/rollups.py). Faust
 # creates it (one partition, as an internal topic of the worker's app), so it is not in `ALL`.
@@ -28,7 +32,7 @@ PARTIALS_TOPIC = "tracehouse.internal.rollup-partials"
 # scores where it holds the trace, and in cluster mode they land on the shard of the trace's spans), and
 # the worker's state table is co-partitioned with spans. Their partition count is
 # TRACEHOUSE_SPANS_PARTITIONS; every other topic has one partition (small, and ordered).
-CO_PARTITIONED = (SPANS, TRACES, SCORES)
+CO_PARTITIONED = (SPANS, TRACES, SCORES, SPANS_KEPT)
 
 # How long Kafka keeps records: how long ClickHouse (or the sink) may be away before spans are lost.
 RETENTION_MS = 3 * 24 * 3600 * 1000

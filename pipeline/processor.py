@@ -232,7 +232,7 @@ class SpanProcessor:
             if sampler is not None:  # the sink reads only kept spans: the worker dead-letters these
                 for bad in refused:
                     await self._dead_letter(bad.reason, bad.payload, state.partition, offset)
-        hold = sampler.hold if sampler is not None else None
+        duplicates: list[AnySpan] = []  # with sampling on: not held again (their first copy is)
         assembler = state.assembler
         to_windows = offset >= state.window_floor
         if not to_windows:
@@ -247,11 +247,12 @@ class SpanProcessor:
             cost, source = price_span(prices, model, span.usage, span.cost_usd, span.start_time_ns)
             if not add(span, offset, now, cost, source):
                 self.stats.duplicates += 1
+                duplicates.append(span)
                 continue
-            if hold is not None:
-                hold(span)
             if to_windows:
                 windows.add(span, cost)
+        if sampler is not None:  # the spans of open traces, until their traces are decided
+            sampler.hold(fresh_only(spans, duplicates) if duplicates else spans, value)
         state.dirty = True
         self.stats.spans += len(spans)
         guards = assembler.guards
@@ -324,7 +325,7 @@ class SpanProcessor:
         for i in range(0, len(records), TRACES_PER_MESSAGE):
             await self.traces_out.send(value=encode_traces(records[i : i + TRACES_PER_MESSAGE]))
 
-    async def _send_kept(self, partition: int, spans: list[AnySpan]) -> None:
+    async def _send_kept(self, partition: int, spans: list[Any]) -> None:
         """Kept spans onto `tracehouse.spans.kept`, in the partition of `tracehouse.spans` they came from."""
         assert self.kept_out is not None
         for message in encode_kept(spans):
@@ -343,6 +344,12 @@ class SpanProcessor:
         )
         await self.dlq_out.send(value=encode_dead_letter(letter))
         log.warning("dead-lettered a record from %s[%d]@%d: %s", topics.SPANS, partition, offset, reason)
+
+
+def fresh_only(spans: list[AnySpan], duplicates: list[AnySpan]) -> list[AnySpan]:
+    """The spans of a message that are not among its duplicates (by identity: they are the same objects)."""
+    seen = {id(span) for span in duplicates}
+    return [span for span in spans if id(span) not in seen]
 
 
 def write_snapshot(table: Any, partition: int, key: bytes, value: bytes) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from tracehouse.core import topics
+
 
 @dataclass
 class SinkOptions:
@@ -34,6 +36,9 @@ class SinkOptions:
     # collector's sight while it runs: every span decoded allocates containers, which triggers collections
     # that would otherwise rescan that whole heap each time (~25% of the sink's CPU per span, measured).
     gc_freeze: bool = True
+    # Where span rows come from: `tracehouse.spans`, or with tail sampling on (TRACEHOUSE_SAMPLING) the
+    # spans the worker keeps, `tracehouse.spans.kept` (pipeline/sampling.py; see `sampled_routes`).
+    spans_topic: str = topics.SPANS
 
 
 @dataclass

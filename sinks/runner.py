@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 
+from tracehouse.core import settings as declared
+from tracehouse.core import topics
 from tracehouse.core.config import Settings
 from tracehouse.core.health import HealthServer
 from tracehouse.core.secrets import redact
@@ -47,6 +49,8 @@ def run_sink(
         insert_lanes=insert_lanes,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        # tail sampling on: the worker decides which traces' spans are stored (pipeline/sampling.py)
+        spans_topic=topics.SPANS_KEPT if declared.get(declared.SAMPLING) else topics.SPANS,
     )
     asyncio.run(_main(settings, options))
     return 0

@@ -42,9 +42,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from aiokafka import TopicPartition
 
+from tracehouse.core import topics
 from tracehouse.core.config import Settings
 from tracehouse.core.pricing import PriceTable
 from tracehouse.sinks.consumer import FETCH_RECORDS, ConsumerLoop
@@ -70,6 +72,32 @@ METRICS_HELP = {
 }
 
 
+def sampled_routes(routes: list[Route], spans_topic: str) -> list[Route]:
+    """The routes with span rows read from `spans_topic`. For the kept spans of tail sampling
+    (`tracehouse.spans.kept`), rows carry `ingest_offset` 0 and the route does not claim offsets: the
+    exactly-once seek (`ingest_offsets`, filled by a view that names every span row's offset as one of
+    `tracehouse.spans`) must keep meaning `tracehouse.spans`, or turning sampling off would seek that
+    topic to offsets of the other. So on the kept topic the sink resumes at its committed offsets, and
+    a batch stored but not committed before a crash is stored again: the same rows, which `spans`
+    (ReplacingMergeTree on the span's key) collapses and `spans_minutely` counts once (`span_keys`)."""
+    if spans_topic == topics.SPANS:
+        return routes
+    out = []
+    for route in routes:
+        if route.topic == topics.SPANS:
+            decode = route.decode
+            route = replace(
+                route,
+                topic=spans_topic,
+                decode=lambda value, partition, offset, received_ns, decode=decode: decode(
+                    value, partition, 0, received_ns
+                ),
+                offsets_in_rows=False,
+            )
+        out.append(route)
+    return out
+
+
 class Sink:
     """Consumes the pipeline's topics and inserts into ClickHouse in large, acknowledged batches."""
 
@@ -85,7 +113,7 @@ class Sink:
         self.options = options or SinkOptions()
         # The `spans` TTL, read from ClickHouse (core.timestamps refuses spans older than it)
         self.retention = Retention()
-        self.routes = routes or default_routes(prices, self.retention)
+        self.routes = sampled_routes(routes or default_routes(prices, self.retention), self.options.spans_topic)
         self.stats = SinkStats()
         self.database = settings.clickhouse.database
         self.writer = Writer(self.database, self.options, self.stats, self.retention)

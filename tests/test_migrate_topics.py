@@ -78,6 +78,7 @@ def test_migrate_creates_every_topic_and_is_idempotent(settings: Settings, broke
         topics.DLQ: 1,
         topics.SCORES: 3,
         topics.SCORE_ROLLUPS: 1,
+        topics.SPANS_KEPT: 3,  # co-partitioned with spans (tail sampling)
     }
     configs = topic_configs(broker.bootstrap, list(topics.ALL))
     for name in topics.ALL:

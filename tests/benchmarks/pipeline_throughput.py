@@ -45,8 +45,8 @@ from aiokafka import TopicPartition
 
 from tracehouse.core import topics
 from tracehouse.core.schema import Span, decode_traces, encode_batch
+from tracehouse.pipeline.partition_windows import windows_factory
 from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
-from tracehouse.pipeline.stages import windows_factory
 from tracehouse.pipeline.worker import GC_THRESHOLDS
 
 MESSAGE_SPANS = 500
@@ -77,8 +77,63 @@ class _Counter:
         self.bytes += len(value or b"")
 
 
-def ceiling(count: int, runs: int) -> None:
-    h.note(f"ceiling: SpanProcessor.on_message on {count:,} spans, {runs} runs")
+# In-flight guards (pipeline/guards.py), `--guards`: none; the built-in loop guard (what a worker runs by
+# default); or one rule of every trace metric, thresholds never reached (every check paid, nothing fired).
+GUARD_MODES = ("off", "loop", "all")
+
+
+def guard_rules(mode: str) -> list[Any]:
+    from tracehouse.pipeline.guard_rules import TRACE_METRICS, default_trace_rules, parse_trace_rules
+
+    if mode == "off":
+        return []
+    if mode == "loop":
+        return default_trace_rules()
+    tables = [{"name": m, "type": "trace", "metric": m, "threshold": 1e12} for m in TRACE_METRICS]
+    return parse_trace_rules({"rules": tables})
+
+
+def held_bytes_per_span(messages: list[tuple[int, bytes]], count: int) -> float:
+    """What tail sampling holds per span of an open trace: its bytes, copied out of the message
+    (pipeline/sampling.py `raw_spans`), kept until its trace is decided; measured with tracemalloc."""
+    import tracemalloc
+
+    from tracehouse.pipeline.sampling import raw_spans
+    from tracehouse.pipeline.span_view import decode_work_batch
+
+    decoded = [(value, decode_work_batch(value)[0]) for _, value in messages]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        held = [raw_spans(value, spans) for value, spans in decoded]
+        size = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    del held
+    return size / count
+
+
+def sampling_table(results: dict[str, list[tuple[float, float, int]]], held: float, kept: str) -> None:
+    h.table(
+        "Tail sampling: SpanProcessor CPU µs per span (on_message + on_tick), median (min-max) of interleaved runs",
+        ["sampling", "µs/span", "spans/s on one core"],
+        [
+            (mode, h.spread([a + b for a, b, _ in got], "{:.2f}"), h.spread([1e6 / (a + b) for a, b, _ in got]))
+            for mode, got in results.items()
+        ],
+        caption=f"on: keep errors, rate limits, guarded traces and 10 % of the rest ({kept}); the spans of kept "
+        f"traces copied onto tracehouse.spans.kept at emission. Memory held per span of an open trace: "
+        f"{held:,.0f} bytes (the span's bytes). Delay added to span storage: the trace's emission (quiet period "
+        f"+ tick; see the delay table), since kept spans leave the worker with their trace record; "
+        f"{h.host_load()}",
+    )
+
+
+def ceiling(
+    count: int, runs: int, guard_modes: tuple[str, ...] = ("loop",), sampling_modes: tuple[str, ...] = ("off",)
+) -> None:
+    h.note(f"ceiling: SpanProcessor.on_message on {count:,} spans, {runs} runs, guards {'/'.join(guard_modes)}")
     spans = emitted_order(h.make_spans(count, seed=7, spread_s=150))
     count = len(spans)
     by_partition: dict[int, list[Span]] = {}
@@ -93,14 +148,23 @@ def ceiling(count: int, runs: int) -> None:
     ]
     del spans
 
-    async def one_run() -> tuple[float, float, int]:
+    kept_fraction: list[float] = []
+
+    async def one_run(guards: str, sampling: str = "off") -> tuple[float, float, int]:
+        from tracehouse.pipeline.guards import GuardPublisher
+        from tracehouse.pipeline.sampling import SamplingRules
+
         traces = _Counter()
+        rules = guard_rules(guards)
         processor = SpanProcessor(
             traces_out=traces,
             partials_out=_Counter(),
             dlq_out=_Counter(),
             windows_factory=windows_factory(),
             options=ProcessorOptions(checkpoint_interval_s=3600),
+            guards=GuardPublisher(rules, _Counter()) if rules else None,
+            sampling=SamplingRules() if sampling == "on" else None,  # tail sampling: the default rules
+            kept_out=_Counter() if sampling == "on" else None,
         )
         processor.attach(None, None)  # no Faust stream to acknowledge to, no Table to checkpoint into
         offsets = dict.fromkeys(by_partition, 0)
@@ -125,13 +189,39 @@ def ceiling(count: int, runs: int) -> None:
             emitted = time.thread_time() - start
         finally:
             gc.set_threshold(*thresholds)
+        if sampling == "on":
+            kept_fraction.append(processor.sampling_stats.fractions()["kept"])
         return consumed * 1e6 / count, emitted * 1e6 / count, processor.stats.traces
 
-    results = [asyncio.run(one_run()) for _ in range(runs)]
+    # Guard modes interleaved run by run, so that a noisy neighbour weighs on each alike.
+    by_mode: dict[str, list[tuple[float, float, int]]] = {mode: [] for mode in guard_modes}
+    for _ in range(runs):
+        for mode in guard_modes:
+            by_mode[mode].append(asyncio.run(one_run(mode)))
+    if len(guard_modes) > 1:
+        h.table(
+            f"In-flight guards: SpanProcessor CPU µs per span (on_message + on_tick), median (min-max) of {runs}"
+            " interleaved runs",
+            ["guards", "µs/span", "spans/s on one core"],
+            [
+                (mode, h.spread([a + b for a, b, _ in got], "{:.2f}"), h.spread([1e6 / (a + b) for a, b, _ in got]))
+                for mode, got in by_mode.items()
+            ],
+            caption="off: no trace rule; loop: the built-in loop guard (a worker's default); all: one rule of "
+            f"every trace metric, never reached; {h.host_load()}",
+        )
+    if len(sampling_modes) > 1:
+        by_sampling: dict[str, list[tuple[float, float, int]]] = {mode: [] for mode in sampling_modes}
+        for _ in range(runs):
+            for mode in sampling_modes:
+                by_sampling[mode].append(asyncio.run(one_run(guard_modes[0], mode)))
+        kept = f"{h.median(kept_fraction):.1%} of traces kept" if kept_fraction else ""
+        sampling_table(by_sampling, held_bytes_per_span(messages, count), kept)
+    results = by_mode[guard_modes[0]]
     per_span = [a + b for a, b, _ in results]
     h.table(
-        f"Worker ceiling: SpanProcessor driven directly ({count:,} spans, {len(messages)} messages, "
-        f"{results[0][2]:,} traces), CPU µs per span, median (min-max) of {runs} runs",
+        f"Worker ceiling, guards {guard_modes[0]}: SpanProcessor driven directly ({count:,} spans, "
+        f"{len(messages)} messages, {results[0][2]:,} traces), CPU µs per span, median (min-max) of {runs} runs",
         ["step", "µs/span", "spans/s on one core"],
         [
             ("on_message: decode, validate, assemble, price, window", h.spread([r[0] for r in results], "{:.2f}"), ""),
@@ -253,13 +343,47 @@ def crossing(timeline: list[tuple[float, int]], level: float) -> float:
     return float("nan")
 
 
-def worker_run(stack: h.Stack, start: dict[Any, int], count: int, n_workers: int, delay: dict[str, Any] | None):
+def guard_env(settings: Any, mode: str) -> dict[str, str]:
+    """The worker's environment for a guard mode: the built-in rules for `loop`; otherwise a rules file with
+    the built-in window rules and the mode's trace rules."""
+    import json
+
+    import msgspec
+
+    from tracehouse.pipeline.alert_rules import default_rules
+
+    if mode == "loop":
+        return {}
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {json.dumps(x)}" for k, x in v.items()) + " }"
+        return json.dumps(list(v) if isinstance(v, tuple) else v)
+
+    tables = [{k: v for k, v in msgspec.structs.asdict(r).items() if k != "base_seconds"} for r in default_rules()]
+    tables += [{k: v for k, v in msgspec.structs.asdict(r).items()} | {"type": "trace"} for r in guard_rules(mode)]
+    text = "\n".join("[[rules]]\n" + "".join(f"{k} = {value(v)}\n" for k, v in t.items()) for t in tables)
+    path = settings.data_dir / f"rules-{mode}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return {"TRACEHOUSE_ALERT_RULES": str(path)}
+
+
+def worker_run(
+    stack: h.Stack,
+    start: dict[Any, int],
+    count: int,
+    n_workers: int,
+    delay: dict[str, Any] | None,
+    guards: str = "loop",
+    extra_env: dict[str, str] | None = None,
+):
     settings = stack.settings()
     asyncio.run(h.commit_group(stack.kafka_bootstrap, settings.worker_group, start))
     traces_start = asyncio.run(h.end_offsets(stack.kafka_bootstrap, [topics.TRACES]))
     with TraceReader(stack.kafka_bootstrap, traces_start) as reader:
         t0 = time.monotonic()
-        workers = start_workers(stack, settings, n_workers)
+        workers = start_workers(stack, settings, n_workers, guard_env(settings, guards) | (extra_env or {}))
         try:
             for worker in workers:
                 if not worker.wait_for_log("started", timeout=120):
@@ -356,7 +480,14 @@ def percentile(values: list[float], q: float) -> float:
     return data[min(len(data) - 1, int(q * len(data)))]
 
 
-def throughput(stack: h.Stack, count: int, runs: int, delay: dict[str, Any]) -> None:
+def throughput(
+    stack: h.Stack,
+    count: int,
+    runs: int,
+    delay: dict[str, Any],
+    guards: str = "loop",
+    extra_env: dict[str, str] | None = None,  # e.g. tail sampling on
+) -> None:
     h.note(f"workers: loading {count:,} spans into {topics.SPANS}...")
     spans = emitted_order(h.make_spans(count, seed=3, spread_s=150))
     count = len(spans)
@@ -367,7 +498,7 @@ def throughput(stack: h.Stack, count: int, runs: int, delay: dict[str, Any]) -> 
     for r in range(runs):
         for n in (1, 2):
             want_delay = delay if (n == 1 and r == 0) else None
-            results[n].append(worker_run(stack, start, count, n, want_delay))
+            results[n].append(worker_run(stack, start, count, n, want_delay, guards, extra_env))
             got = results[n][-1]
             h.note(
                 f"  run {r + 1}/{runs}, {n} worker(s): {got['rate']:,.0f} spans/s ({got['rate'] / n:,.0f} per worker);"
@@ -438,7 +569,23 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=None, help="spans pre-loaded for the worker runs")
     parser.add_argument("--rate", type=int, default=5_000, help="spans/s of the live delay run")
     parser.add_argument("--only", choices=["ceiling", "workers"], action="append")
+    parser.add_argument(
+        "--guards",
+        choices=GUARD_MODES,
+        action="append",
+        help="in-flight guards: off, loop (the default rules) or all (every trace metric); several are run "
+        "interleaved in the ceiling; the worker runs use the first (default: loop)",
+    )
+    parser.add_argument(
+        "--sampling",
+        choices=("off", "on"),
+        action="append",
+        help="tail sampling (default rules: errors, rate limits, guards, 10 %% of the rest); both: compared in the"
+        " ceiling, interleaved; the worker runs use the first (default: off)",
+    )
     args = parser.parse_args()
+    guard_modes = tuple(dict.fromkeys(args.guards or ["loop"]))
+    sampling_modes = tuple(dict.fromkeys(args.sampling or ["off"]))
     quick = args.quick
     runs = args.runs or (1 if quick else 3)
     count = args.spans or (150_000 if quick else 400_000)
@@ -446,10 +593,13 @@ def main() -> None:
     h.console.print(f"pipeline_throughput ({'quick' if quick else 'full'}): {h.python_info()}, {h.host_load()}")
     started = time.perf_counter()
     if "ceiling" in parts:
-        ceiling(20_000 if quick else 100_000, 2 if quick else 3)
+        ceiling(20_000 if quick else 100_000, 2 if quick else 3, guard_modes, sampling_modes)
     if "workers" in parts:
         with h.Stack(need_kafka=True, need_clickhouse=False) as stack:  # every topic: the worker waits for all
-            throughput(stack, count, runs, {"rate": args.rate, "seconds": 6 if quick else 15})
+            sampling_env = {"TRACEHOUSE_SAMPLING": "1"} if sampling_modes[0] == "on" else {}
+            throughput(
+                stack, count, runs, {"rate": args.rate, "seconds": 6 if quick else 15}, guard_modes[0], sampling_env
+            )
     h.note(f"done in {time.perf_counter() - started:.0f}s")
 
 
