@@ -17,7 +17,7 @@ priced with, and `tracehouse reprice` brings stored costs to the current version
 The cost arithmetic exists twice, once in Python (`usage_cost`, per span in the worker and the sink) and
 once in SQL (`cost_sql`, for re-pricing stored spans inside ClickHouse); they sit side by side here and
 perform the same float operations in the same order, so both give the same number to the last bit
-(tests/test_pricing.py holds them to it).
+(tests/integration/test_pricing.py holds them to it).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ shown with the text's first line so a person can tell templates apart.
 
 The rule, defined here and nowhere else: `#` followed by the first 10 hex digits of the SHA-256 of the
 template's UTF-8 text. ClickHouse computes the same value from the stored `prompt_text` column with
-`TEMPLATE_ID_SQL` (the named queries use it verbatim; tests/test_prompt_identity.py checks that both
+`TEMPLATE_ID_SQL` (the named queries use it verbatim; tests/integration/test_prompt_identity.py checks that both
 agree), so spans stored before this rule existed are listed too.
 """
 

@@ -4,7 +4,7 @@ Why noida by default: it is an 11 MB native binary installed by pip (`tracehouse
 milliseconds and idles at a few MB, where real Kafka needs a JDK, Maven and ~350 MB. `KafkaBroker` (real
 Apache Kafka) remains the reference the test suite checks behaviour against.
 
-What was checked against noida-db 0.2.3 (and is covered by tests/test_brokers.py):
+What was checked against noida-db 0.2.3 (and is covered by tests/integration/test_brokers.py):
 - answers Metadata v4 within ~10 ms of launch; SIGTERM and SIGINT both exit 0 in well under a second,
   write `DATA_DIR/kafka.json` and remove `DATA_DIR/noida.control.json`;
 - the admin CreateTopics request honours the partition count (auto-created topics get 1 partition), and

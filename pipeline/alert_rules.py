@@ -209,7 +209,7 @@ def _rule_from_table(table: Any, index: int, base_windows: Sequence[int], source
     score, score_value, score_label = table.get("score", ""), table.get("value"), table.get("label", "")
     if on_scores:
         if not isinstance(score, str) or not score:
-            raise fail("score", f"required for {metric}: the score's name (exact or glob), e.g. \"user_feedback\"")
+            raise fail("score", f'required for {metric}: the score\'s name (exact or glob), e.g. "user_feedback"')
         if metric != "score_count" and (score_value is not None or "label" in table):
             raise fail("value" if score_value is not None else "label", "only score_count counts one value or label")
         if score_value is not None and "label" in table:

@@ -19,7 +19,7 @@ same type and constraints, and differs only where that saves work without lettin
 `WorkSpan` may refuse more than `Span` (an id that `$` lets end in a newline), never less. Any refusal at
 all (the batch does not decode, or a batch check fails) sends that message to `core.schema.decode_batch`,
 which finds the bad spans and words their reasons, so what is dead-lettered, and why, is exactly what it
-was. tests/test_span_view.py holds both decoders to the same verdicts, and `WorkSpan` to the same fields
+was. tests/unit/test_span_view.py holds both decoders to the same verdicts, and `WorkSpan` to the same fields
 as `Span`.
 """
 

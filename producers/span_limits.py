@@ -201,7 +201,7 @@ def limit_counts(span: Span, limits: SpanLimits) -> tuple[Span, str]:
 
 # How much bigger than its source a mapped span can be, encoded: the worst cases are texts of control
 # characters inside arrays (1 byte in protobuf, `\u0000` as JSON text: ~6x) and doubles inside arrays
-# (9 bytes, up to 25 as text); everything else is at most ~2.5x (tests/test_span_limits.py checks it).
+# (9 bytes, up to 25 as text); everything else is at most ~2.5x (tests/integration/test_span_limits.py checks it).
 EXPANSION = 8
 _PER_EVENT = 128  # an empty 2-byte OTLP event becomes a named, timed Event with its markers
 _PER_ATTRIBUTE = 48  # prefixes the mapping adds to a key (`otel.scope.attributes.`), headers

@@ -37,7 +37,7 @@ log = logging.getLogger("tracehouse.producers")
 
 class _EncodedBatch(msgspec.Struct, omit_defaults=True, gc=False):
     """`schema.SpanBatch` with each span's msgpack bytes in place of the span: the same field names,
-    order and options, so the same bytes (tests/test_acked_sender.py checks it)."""
+    order and options, so the same bytes (tests/integration/test_acked_sender.py checks it)."""
 
     spans: list[msgspec.Raw]
     v: int = SCHEMA_VERSION

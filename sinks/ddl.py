@@ -227,7 +227,7 @@ ORDER BY (rule, service, window_start, state)
 # kind, name, model) holding mergeable states (-State); queries read it with -Merge and roll minutes up to
 # any coarser step (see read/sql/latency-by-minute.sql). Latency is a t-digest (quantilesTDigest):
 # a compact state that merges like the counts (an hour is the merge of its sixty minutes), approximate
-# where `quantile` over raw spans is exact for small groups; tests/test_queries.py holds it to within two
+# where `quantile` over raw spans is exact for small groups; tests/integration/test_queries.py holds it to within two
 # ranks of the exact value.
 #
 # Aggregate columns are not named like the `spans` columns they summarise (`sum_input_tokens`, not

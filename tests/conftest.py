@@ -4,6 +4,10 @@ Both start once per test session on free ports, in a temporary directory, and st
 mocked: tests talk to the real broker and the real engine. Set TRACEHOUSE_TEST_KAFKA (a bootstrap) or
 TRACEHOUSE_TEST_CLICKHOUSE (a URL) to run against ones you already have.
 
+The tree: tests/unit/ needs neither (seconds, no JVM: `pytest tests/unit` or `pytest -m "not integration"`);
+tests/integration/ and tests/clickhouse/ (the embedded server's own tests) talk to the real broker and engine,
+and carry the `integration` mark, given here by folder.
+
 Isolation between tests: topic names are a public contract, so tests share them; each test gets its own
 ClickHouse database and consumer groups, and asserts on its own trace ids only.
 """
@@ -24,6 +28,16 @@ from tracehouse.infra.clickhouse.launcher import EmbeddedClickHouse
 from tracehouse.infra.kafka_broker import KafkaBroker
 
 SPANS_PARTITIONS = 4
+_TESTS = Path(__file__).resolve().parent
+_INTEGRATION = ("integration", "clickhouse")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration/ and tests/clickhouse/ `integration` (see the docstring)."""
+    for item in items:
+        parts = item.path.resolve().relative_to(_TESTS).parts
+        if parts and parts[0] in _INTEGRATION:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from tracehouse.producers.acked_sender import AckedSpanSender
 from tracehouse.sinks.clickhouse import sync_client
 
 TEMPLATE = "\n  Answer the customer's question about {topic}.\nUse only: {context}\n"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_identity_is_a_stable_short_hash_shown_with_the_first_line() -> None:

@@ -39,7 +39,7 @@ from tracehouse.read.tree import build_tree
 from tracehouse.web.app import create_app
 from tracehouse.web.openapi import build_openapi
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from web_dataset import BIG_TRACE_ID, WebDataset, load
 from web_server import ServerThread, get, run_cli
 
@@ -535,7 +535,7 @@ def test_openapi_gives_every_parameter_its_type_and_bounds_and_the_server_enforc
     seen = set()
     for template, operations in spec["paths"].items():
         base = template.replace("{trace_id}", "0" * 32).replace("{span_id}", "0" * 16).replace("{session_id}", "s")
-        for parameter in operations.get("get", {}).get("parameters", []):  # POST scores: tests/test_scores.py
+        for parameter in operations.get("get", {}).get("parameters", []):  # POST scores: test_scores.py
             schema, name = parameter["schema"], parameter["name"]
             seen.add((template, name))
             assert parameter["description"] and schema["type"] in ("string", "integer", "number"), parameter

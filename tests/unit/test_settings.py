@@ -14,7 +14,7 @@ from tracehouse.cli.main import main
 from tracehouse.core import settings
 from tracehouse.core.settings import SecretError, SettingError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV_NAME = re.compile(r"TRACEHOUSE_[A-Z0-9_]+")
 README_BLOCK = re.compile(r"<!-- settings:begin -->\n(.*?)<!-- settings:end -->", re.DOTALL)
 # Modules still naming their variables themselves, until their owners move the read to core/settings.py.

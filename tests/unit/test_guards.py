@@ -343,7 +343,7 @@ def test_the_example_rules_file_holds_the_built_in_loop_guard() -> None:
 
     from tracehouse.pipeline.guard_rules import load_trace_rules
 
-    rules = load_trace_rules(Path(__file__).resolve().parent.parent / "deploy" / "alerts.toml")
+    rules = load_trace_rules(Path(__file__).resolve().parents[2] / "deploy" / "alerts.toml")
     assert rules[0] == default_trace_rules()[0] and len(rules) == 3
 
 
@@ -382,7 +382,7 @@ async def test_a_guard_alert_goes_to_the_webhook_too() -> None:
     assert payload["text"].startswith(f"[CRITICAL] tool-loop: trace {TRACE}: tool 'search' called 5 times")
 
 
-# --- the SDK's guard (its filter and memory; tests/test_guards_e2e.py runs it on Kafka) ------------------
+# --- the SDK's guard (its filter and memory; tests/integration/test_guards_e2e.py runs it on Kafka) ------------------
 
 
 def _guard_alert(trace_id: str, service: str = "bot", state: str = "firing") -> Alert:

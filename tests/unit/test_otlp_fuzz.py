@@ -11,7 +11,7 @@ compressed or not:
   passes the pipeline's validation and fits one Kafka message under the span limits in force.
 
 Example counts are sized for about 20-40 s on a CI runner (`FUZZ_SCALE` multiplies them for a longer
-run: `FUZZ_SCALE=10 pytest tests/test_otlp_fuzz.py`).
+run: `FUZZ_SCALE=10 pytest tests/unit/test_otlp_fuzz.py`).
 """
 
 from __future__ import annotations

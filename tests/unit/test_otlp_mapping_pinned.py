@@ -5,7 +5,7 @@ Why pinned and not asserted field by field: the mapping was rewritten for speed,
 change" is only checkable against the whole record, every attribute that stays and the order it stays in
 (the span limits keep the *first* attributes). The expected records were produced by the old code and
 written to `otlp_mapping_pinned.json` before the rewrite; regenerate them only for an intended change
-(`python tests/test_otlp_mapping_pinned.py --write`) and review the diff.
+(`python tests/unit/test_otlp_mapping_pinned.py --write`) and review the diff.
 
 Each span goes through `map_span` directly and through both wire decoders (`ingest` of a protobuf and of
 an OTLP/JSON body), so the decoders' value handling is pinned too.

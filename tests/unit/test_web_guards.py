@@ -22,7 +22,7 @@ from aiohttp import web
 from tracehouse.core.config import Settings
 from tracehouse.web.app import Limits, create_app
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from web_server import ServerThread, get
 
 LIMITS = Limits(header_s=1.0, body_floor_s=1.0, body_bytes_per_s=1_000_000.0, max_body_bytes=64 * 1024, linger_s=0.5)

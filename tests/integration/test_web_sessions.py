@@ -29,7 +29,7 @@ from tracehouse.web.app import create_app
 from tracehouse.web.openapi import build_openapi
 from tracehouse.web.writes import WEB_WRITE_TOKEN_ENV, WEB_WRITES_ENV, WebWrites
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import test_sink_dead_letters as sink_helpers
 import test_web as web_tests
 from web_dataset import CONVERSATION, CONVERSATION_USER, QUESTIONS, WebDataset, load
@@ -255,7 +255,7 @@ def test_cli_session_json_is_the_api_answer(data: WebDataset, api: Any) -> None:
 
 # ---- the UI in a real browser (skips without Chromium and Playwright, fails under CI) ---------------------
 
-# Fixtures shared with tests/test_web.py. Tests name `data` and the server before `page`: the data is
+# Fixtures shared with tests/integration/test_web.py. Tests name `data` and the server before `page`: the data is
 # loaded with asyncio.run, which cannot run once Playwright's sync API holds the thread's event loop.
 browser = web_tests.browser
 page = web_tests.page

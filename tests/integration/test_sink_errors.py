@@ -86,7 +86,7 @@ def test_real_clickhouse_answers_are_classified(settings: Settings) -> None:
     admin.close()
     if too_many is None:
         # The embedded engine's streaming insert answers success for a refused block (issue 11, item 3);
-        # the sink never sends one (tests/test_sink_timestamps.py), and the server is being fixed to say so.
+        # the sink never sends one (tests/integration/test_sink_timestamps.py), and the server is being fixed to say so.
         assert stored in (0, 5)
         pytest.skip("the embedded server did not report the refused block (252); classified below on its text")
     assert classify(too_many) is ErrorKind.PARTITIONS, too_many

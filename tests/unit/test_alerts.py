@@ -21,7 +21,7 @@ from tracehouse.sinks.ddl import ALERTS_GUARD_COLUMNS_V6, ALERTS_V1
 
 W0 = 1_789_999_980  # epoch seconds, a multiple of 60
 NOW_MS = (W0 + 5 * 3600) * 1000  # after every window the tests use
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def rollup(

@@ -570,7 +570,7 @@ def test_top_users_totals_per_user(data: Dataset, assembled: dict[str, Any]) -> 
 
 @covers("sampling")
 def test_sampling_verdicts_of_traces_recorded_with_sampling_off(data: Dataset, assembled: dict[str, Any]) -> None:
-    # with sampling on, tests/test_sampling_e2e.py checks each rule's fraction through `tracehouse top`
+    # with sampling on, tests/integration/test_sampling_e2e.py checks each rule's fraction through `tracehouse top`
     rows = ask(data, "sampling", since="1h")
     assert rows == [{"verdict": "all", "traces": len(assembled), "fraction": 1.0}]
     assert ask(data, "sampling", since="1h", service="no-such-service") == []

@@ -9,7 +9,6 @@ import asyncio
 import random
 import time
 
-from conftest import SPANS_PARTITIONS
 from kafka_groups import start_groups_at_end
 from waiting import wait_until
 
@@ -73,11 +72,11 @@ def test_a_looping_agent_trips_the_loop_guard_before_its_root_ends(settings: Set
             trace_id = root.trace_id
             # Warm the trace's partition up: a looping trace there, until the worker owns the partition and
             # its guard alert comes back (first-message costs are not what the 1 s is about).
-            partition = partition_for(trace_id, SPANS_PARTITIONS)
+            partition = partition_for(trace_id, settings.spans_partitions)
             other = next(
                 t
                 for t in (f"{rng.getrandbits(128):032x}" for _ in range(1000))
-                if partition_for(t, SPANS_PARTITIONS) == partition
+                if partition_for(t, settings.spans_partitions) == partition
             )
             warmup.submit_many(looping_trace(other, service, 5))
             assert warmup.flush(10)
