@@ -244,32 +244,9 @@ def cmd_reprice(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     _need("pipeline", "faust")
-    import asyncio
-    import time
+    from tracehouse.cli.replay_view import run_replay
 
-    from tracehouse.core.pricing import PriceFileError, configured_prices
-    from tracehouse.pipeline.replay import replay
-    from tracehouse.read.times import TIME_FORMS, time_ns
-
-    now = time.time_ns()
-    start, end = time_ns(args.from_time, now), time_ns(args.to_time, now) if args.to_time else now
-    if start is None or end is None or end <= start:
-        raise SystemExit(f"tracehouse replay: --from and --to must be {TIME_FORMS}, --from before --to")
-    try:
-        prices = configured_prices()
-    except PriceFileError as exc:
-        raise SystemExit(f"tracehouse replay: {exc}") from None
-
-    def progress(line: str) -> None:
-        print(f"replay: {line}", file=sys.stderr, flush=True)
-
-    report = asyncio.run(replay(_settings(args).kafka_bootstrap, start, end, prices, progress=progress))
-    print(
-        f"replayed {report.messages} records ({report.spans} spans; {report.refused} refused for their times, "
-        f"{report.undecodable} undecodable): {report.traces} traces published on tracehouse.traces "
-        f"with prices {prices.version}"
-    )
-    return 0
+    return run_replay(args, _settings(args))
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -302,7 +279,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.Namespace], int]]] = {
     "web": ("the trace explorer in a browser: traces, sessions, waterfall, span details, charts, alerts", cmd_web),
     "config": ("every TRACEHOUSE_* setting with its value and where it came from (secrets masked)", cmd_config),
     "reprice": ("recompute stored costs (spans, traces, rollups) with the current price table", cmd_reprice),
-    "replay": ("re-derive the traces of a time range from the span log in Kafka (current prices)", cmd_replay),
+    "replay": ("re-derive traces and rollups of a time range from the Kafka span log; --dlq: re-admit", cmd_replay),
 }
 
 
@@ -430,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="from_time", required=True, help="records Kafka received from: 2h, 1d or a time"
     )
     parsers["replay"].add_argument("--to", dest="to_time", help="... until (default: now)")
+    parsers["replay"].add_argument(
+        "--no-rollups", action="store_true", help="re-derive traces only, not the rollups of the range's inner windows"
+    )
+    parsers["replay"].add_argument(
+        "--dlq", action="store_true", help="re-admit the dead letters of the range whose spans now pass"
+    )
     return parser
 
 
