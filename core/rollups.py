@@ -10,7 +10,8 @@ Public API:
     Rollup                                          exactly the `rollups` table's columns
     encode_rollups(rollups) -> bytes / decode_rollups(data) -> list[Rollup]   on topics.ROLLUPS
     ScorePartialRecord / ScoreRollup                the same two steps for scores (per name, service, model)
-    decode_partial_batch(data) -> RollupPartialBatch   spans' and scores' partials of one message
+    decode_partial_batch(data) -> RollupPartialBatch   spans', scores' and budgets' partials of one message
+    BudgetPartialRecord                             a budget rule's per-key sums of one window and partition
     encode_score_rollups(rows) -> bytes / decode_score_rollups(data)   on topics.SCORE_ROLLUPS
     score_value_key(value) -> str                   how a numeric score value is counted (`value_counts`)
 
@@ -126,20 +127,44 @@ class ScorePartialRecord(msgspec.Struct, kw_only=True):
         return ScoreRollupKey(self.name, self.service, self.model)
 
 
+class BudgetPartialRecord(msgspec.Struct, kw_only=True):
+    """One partition's running per-key sums of one budget rule in one window (pipeline/budgets.py):
+    worker -> merger, beside the spans' partials. Cumulative like them: `updates` (spans folded in) only
+    grows, so the merger keeps, per (rule, window, partition), the record with the most updates.
+
+    `values` are the space-saving counters (key -> sum, an upper bound of the key's true sum on this
+    partition); `errors` the overcount bound of the keys that took over an evicted counter; `floor` the
+    smallest counter once the summary is full (0 before): any key not in `values` summed at most that."""
+
+    rule: str
+    window_start: int  # epoch seconds
+    window_seconds: int
+    partition: int
+    updates: int
+    values: dict[str, float]
+    errors: dict[str, float] = {}
+    floor: float = 0.0
+
+
 class RollupPartialBatch(msgspec.Struct):
     """One Kafka message on the internal partials topic (topics.PARTIALS_TOPIC): many partial records."""
 
     partials: list[RollupPartialRecord]
     v: int = 1
     scores: list[ScorePartialRecord] = []
+    budgets: list[BudgetPartialRecord] = []  # absent in batches written before budgets
 
 
 _encoder = msgspec.msgpack.Encoder()
 _partials_decoder = msgspec.msgpack.Decoder(RollupPartialBatch)
 
 
-def encode_partials(records: list[RollupPartialRecord], scores: list[ScorePartialRecord] | None = None) -> bytes:
-    return _encoder.encode(RollupPartialBatch(partials=records, scores=scores or []))
+def encode_partials(
+    records: list[RollupPartialRecord],
+    scores: list[ScorePartialRecord] | None = None,
+    budgets: list[BudgetPartialRecord] | None = None,
+) -> bytes:
+    return _encoder.encode(RollupPartialBatch(partials=records, scores=scores or [], budgets=budgets or []))
 
 
 def decode_partials(data: bytes) -> list[RollupPartialRecord]:

@@ -54,6 +54,7 @@ import msgspec
 
 from tracehouse.core import settings
 from tracehouse.core.rollups import WINDOW_SIZES
+from tracehouse.pipeline.budgets_rules import is_budget_rule
 from tracehouse.pipeline.guard_rules import is_trace_rule
 
 if sys.version_info >= (3, 11):
@@ -172,7 +173,7 @@ def _rule_from_table(table: Any, index: int, base_windows: Sequence[int], source
     if unknown:
         raise fail(unknown[0], f"unknown field (known: {', '.join(sorted(_FIELDS))})")
     if table.get("type", "window") != "window":
-        raise fail("type", f"must be 'window' (the default) or 'trace', got {table['type']!r}")
+        raise fail("type", f"must be 'window' (the default), 'budget' or 'trace', got {table['type']!r}")
     for required in ("metric", "window_seconds", "comparison", "threshold"):
         if required not in table:
             raise fail(required, "required")
@@ -273,8 +274,13 @@ def parse_rules(
     tables = document.get("rules", [])
     if not isinstance(tables, list):
         raise RuleError(f"{source}: 'rules' must be an array of tables ([[rules]])")
-    # Rules of type "trace" (in-flight guards) are evaluated on open traces: pipeline/guard_rules.py.
-    rules = [_rule_from_table(t, i, base_windows, source) for i, t in enumerate(tables) if not is_trace_rule(t)]
+    # Rules of type "trace" (in-flight guards) are evaluated on open traces: pipeline/guard_rules.py;
+    # rules of type "budget" (per user or session) are pipeline/budgets_rules.py's.
+    rules = [
+        _rule_from_table(t, i, base_windows, source)
+        for i, t in enumerate(tables)
+        if not is_trace_rule(t) and not is_budget_rule(t)
+    ]
     seen: set[str] = set()
     for rule in rules:
         if rule.name in seen:

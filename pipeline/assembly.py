@@ -299,6 +299,12 @@ class TraceAssembler:
         service = (root[2] if root else "") or next(iter(trace.services), "")
         return service, trace.model
 
+    def trace_identity(self, trace_id: str) -> tuple[str, str]:
+        """(user_id, session_id) of an open trace as far as its spans told them ("" when not yet known):
+        the budgets (pipeline/budgets.py) key a span without its own by its trace's."""
+        trace = self._open.get(trace_id)
+        return (trace.user_id, trace.session_id) if trace is not None else ("", "")
+
     def guard_fired(self, trace_id: str) -> bool:
         """Whether a trace rule fired on this open or recently emitted trace (a tail-sampling keep rule)."""
         trace = self._open.get(trace_id) or self._emitted.get(trace_id)

@@ -1,7 +1,8 @@
 """The merger's stage, which the Faust app plugs in beside its span processor: it merges the partitions'
 running window totals (pipeline/merger.py) into final rollups (spans' on `tracehouse.rollups`, scores' on
 `tracehouse.score-rollups`), evaluates the alert rules on them
-(pipeline/alert_evaluator.py), publishes both, notifies a webhook (pipeline/alert_notify.py), and
+(pipeline/alert_evaluator.py) and the budget rules on the partitions' per-key sums
+(pipeline/budgets_merge.py), publishes both, notifies a webhook (pipeline/alert_notify.py), and
 checkpoints its state like the span processor: an input event is acknowledged only after a snapshot that
 covers it.
 """
@@ -16,11 +17,14 @@ from typing import Any
 import msgspec
 
 from tracehouse.core import settings
-from tracehouse.core.alerts import encode_alerts
+from tracehouse.core.alerts import Alert, encode_alerts
 from tracehouse.core.rollups import decode_partial_batch, encode_rollups, encode_score_rollups
 from tracehouse.pipeline.alert_evaluator import AlertEvaluator
 from tracehouse.pipeline.alert_notify import WebhookNotifier
 from tracehouse.pipeline.alert_rules import Rule, load_alert_rules
+from tracehouse.pipeline.budgets import BUDGET_GRACE_S
+from tracehouse.pipeline.budgets_merge import BudgetMerger
+from tracehouse.pipeline.budgets_rules import BudgetRule, load_budget_rules
 from tracehouse.pipeline.checkpoint import HeldEvents
 from tracehouse.pipeline.merger import RollupMerger, ScoreRollupMerger
 from tracehouse.pipeline.partition_windows import WindowOptions
@@ -36,6 +40,7 @@ class _MergerState(msgspec.Struct):
     merger: bytes
     evaluator: bytes
     scores: bytes = b""  # the score merger's state (absent in snapshots written before scores)
+    budgets: bytes = b""  # the budget merger's state (absent before budgets, and without budget rules)
 
 
 MERGER_KEY = b"merger"
@@ -55,7 +60,9 @@ class MergerStage:
         options: WindowOptions,
         webhook_url: str | None = None,
         checkpoint_interval_s: float = 2.0,
+        budget_rules: list[BudgetRule] | None = None,
     ) -> None:
+        self.budget_rules = budget_rules or []
         self.rollups_out = rollups_out
         self.score_rollups_out = score_rollups_out
         self.alerts_out = alerts_out
@@ -73,11 +80,21 @@ class MergerStage:
         self.merger = RollupMerger(merge_delay_seconds=self.options.merge_delay_s)
         self.score_merger = ScoreRollupMerger(merge_delay_seconds=self.options.merge_delay_s)
         self.evaluator = AlertEvaluator(self.rules, base_windows=self.options.sizes)
+        self.budgets = self._new_budgets()
         self.floor = 0  # partials below this offset are already in the restored state
         self.next_offset = 0
         self.restored = False
         self.dirty = False
         self.last_checkpoint = time.monotonic()
+
+    def _new_budgets(self, state: bytes = b"") -> BudgetMerger | None:
+        """None without budget rules; resolved `BUDGET_GRACE_S` + the merge delay after a window's end."""
+        if not self.budget_rules:
+            return None
+        close_delay_s = BUDGET_GRACE_S + self.options.merge_delay_s
+        if state:
+            return BudgetMerger.from_state(self.budget_rules, state, close_delay_s=close_delay_s)
+        return BudgetMerger(self.budget_rules, close_delay_s=close_delay_s)
 
     def attach(self, stream: Any, table: Any, ready: Callable[[], bool]) -> None:
         """The manual-ack stream, the Table for snapshots, and whether the Table is recovered and the
@@ -100,6 +117,7 @@ class MergerStage:
         if state.scores:
             self.score_merger = ScoreRollupMerger.from_state(state.scores)
         self.evaluator = AlertEvaluator.from_state(self.rules, state.evaluator, base_windows=self.options.sizes)
+        self.budgets = self._new_budgets(state.budgets)
         self.floor = self.next_offset = state.next_offset
         log.info("merger: restored state up to offset %d", state.next_offset)
 
@@ -114,6 +132,9 @@ class MergerStage:
                 self.merger.add(record)
             for score_record in batch.scores:
                 self.score_merger.add(score_record)
+            if self.budgets is not None:
+                for budget_record in batch.budgets:
+                    self.budgets.add(budget_record)
             self.dirty = True
         self.next_offset = offset + 1
         self.held.hold(message.partition, offset, event)
@@ -134,20 +155,32 @@ class MergerStage:
                     chunk = score_rollups[i : i + ROLLUPS_PER_MESSAGE]
                     await self.score_rollups_out.send(value=encode_score_rollups(chunk))
             alerts = self.evaluator.process(rollups, scores=score_rollups)
-            if alerts:
-                await self.alerts_out.send(value=encode_alerts(alerts))
-                for alert in alerts:
-                    log.warning("alert %s: %s", alert.rule, alert.message)
-                    if self.webhook is not None:
-                        self.webhook.notify(alert)
+            await self._publish(alerts)
             self.dirty = True
+        if self.budgets is not None:
+            budget_alerts = self.budgets.evaluate(now)
+            if budget_alerts:
+                await self._publish(budget_alerts)
+                self.dirty = True
         if time.monotonic() - self.last_checkpoint >= self.checkpoint_interval_s and self.restored:
             await self.checkpoint()
+
+    async def _publish(self, alerts: list[Alert]) -> None:
+        if alerts:
+            await self.alerts_out.send(value=encode_alerts(alerts))
+            for alert in alerts:
+                log.warning("alert %s: %s", alert.rule, alert.message)
+                if self.webhook is not None:
+                    self.webhook.notify(alert)
 
     async def checkpoint(self) -> None:
         if self.dirty and self.table is not None:
             state = _MergerState(
-                self.next_offset, self.merger.to_state(), self.evaluator.to_state(), self.score_merger.to_state()
+                self.next_offset,
+                self.merger.to_state(),
+                self.evaluator.to_state(),
+                self.score_merger.to_state(),
+                self.budgets.to_state() if self.budgets is not None else b"",
             )
             write_snapshot(self.table, 0, MERGER_KEY, msgspec.msgpack.encode(state))
             self.dirty = False
@@ -174,4 +207,5 @@ def build_merger(
         rules=load_alert_rules(),
         options=options or WindowOptions(),
         webhook_url=settings.get(settings.ALERT_WEBHOOK),
+        budget_rules=load_budget_rules(),
     )

@@ -3,18 +3,22 @@
 - `WindowOptions`: the window sizes (core/rollups.py's WINDOW_SIZES: 10 s for alerting, 60 s for
   dashboards) and how long each accepts late data.
 - `PartitionWindows`: one partition's aggregators (pipeline/windows.py), one per size, closed by event
-  time while a backlog is replayed and by the wall clock when live, snapshot-able as one blob.
+  time while a backlog is replayed and by the wall clock when live, snapshot-able as one blob; and, when
+  budget rules are configured, the partition's per-user/per-session sums (pipeline/budgets.py), in the
+  same blob, so a restarted worker restores both from one checkpoint and replays the same offsets.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
 
-from tracehouse.core.rollups import WINDOW_SIZES, RollupPartialRecord
+from tracehouse.core.rollups import WINDOW_SIZES, BudgetPartialRecord, RollupPartialRecord
+from tracehouse.pipeline.budgets import PartitionBudgets
+from tracehouse.pipeline.budgets_rules import BudgetRule, load_budget_rules
 from tracehouse.pipeline.span_view import AnySpan
 from tracehouse.pipeline.windows import WindowAggregator
 
@@ -36,16 +40,27 @@ class WindowOptions:
 
 class _WindowsState(msgspec.Struct):
     aggregators: list[bytes]
+    budgets: bytes = b""  # PartitionBudgets.to_state(); absent in snapshots written before budgets
 
 
 class PartitionWindows:
     """All window sizes of one partition behind one add/due/snapshot interface."""
 
-    def __init__(self, partition: int, options: WindowOptions, state: bytes | None = None) -> None:
+    def __init__(
+        self,
+        partition: int,
+        options: WindowOptions,
+        state: bytes | None = None,
+        budget_rules: Sequence[BudgetRule] = (),
+    ) -> None:
         self.options = options
-        if state:
-            blobs = msgspec.msgpack.decode(state, type=_WindowsState).aggregators
-            self.aggregators = [WindowAggregator.from_state(blob) for blob in blobs]
+        saved = msgspec.msgpack.decode(state, type=_WindowsState) if state else None
+        # None without budget rules: the span path then pays one `is None` test per span
+        self.budgets = (
+            PartitionBudgets(budget_rules, partition, state=saved.budgets if saved else None) if budget_rules else None
+        )
+        if saved is not None:
+            self.aggregators = [WindowAggregator.from_state(blob) for blob in saved.aggregators]
         else:
             self.aggregators = [
                 WindowAggregator(size, options.grace_s, partition=partition, retention_seconds=options.retention(size))
@@ -68,10 +83,21 @@ class PartitionWindows:
             out.extend(aggregator.due(now_s if live else min(now_s, event_time)))
         return out
 
+    def due_budgets(self, now_s: float) -> list[BudgetPartialRecord]:
+        """The budgets' running sums to send to the merger ([] without budget rules)."""
+        if self.budgets is None:
+            return []
+        return self.budgets.due(now_s, now_s - self._last_arrival)
+
     def to_state(self) -> bytes:
-        return msgspec.msgpack.encode(_WindowsState([a.to_state() for a in self.aggregators]))
+        budgets = self.budgets.to_state() if self.budgets is not None else b""
+        return msgspec.msgpack.encode(_WindowsState([a.to_state() for a in self.aggregators], budgets))
 
 
-def windows_factory(options: WindowOptions | None = None) -> Callable[[int, bytes | None], PartitionWindows]:
+def windows_factory(
+    options: WindowOptions | None = None, budget_rules: Sequence[BudgetRule] | None = None
+) -> Callable[[int, bytes | None], PartitionWindows]:
+    """Each partition's windows; budget rules default to those of `TRACEHOUSE_ALERT_RULES` (none without it)."""
     opts = options or WindowOptions()
-    return lambda partition, state: PartitionWindows(partition, opts, state)
+    rules = tuple(load_budget_rules() if budget_rules is None else budget_rules)
+    return lambda partition, state: PartitionWindows(partition, opts, state, rules)

@@ -53,8 +53,11 @@ class Sendable(Protocol):
 class WindowStage(Protocol):
     """The windowed-rollup side of a partition's state (pipeline/partition_windows.py)."""
 
+    budgets: Any  # PartitionBudgets, or None without budget rules (pipeline/budgets.py)
+
     def add(self, span: AnySpan, cost: float) -> None: ...
     def due(self, now_s: float) -> list[Any]: ...
+    def due_budgets(self, now_s: float) -> list[Any]: ...
     def to_state(self) -> bytes: ...
 
 
@@ -238,6 +241,7 @@ class SpanProcessor:
         if not to_windows:
             self.stats.replayed += len(spans)
         windows = state.windows
+        budgets = windows.budgets  # None without budget rules
         prices = self.prices
         now = time.monotonic()
         add = assembler.add_priced
@@ -251,6 +255,12 @@ class SpanProcessor:
                 continue
             if to_windows:
                 windows.add(span, cost)
+                if budgets is not None:
+                    user, session = span.user_id, span.session_id
+                    if not (user and session):  # the trace's, once any of its spans said
+                        trace_user, trace_session = assembler.trace_identity(span.trace_id)
+                        user, session = user or trace_user, session or trace_session
+                    budgets.add(span, cost, user, session)
         if sampler is not None:  # the spans of open traces, until their traces are decided
             sampler.hold(fresh_only(spans, duplicates) if duplicates else spans, value)
         state.dirty = True
@@ -293,8 +303,9 @@ class SpanProcessor:
                 remember_emitted(state.recent, state.assembler, records)
                 await self._send_traces(records, state)
             partials = state.windows.due(wall)
-            if partials and self.partials_out is not None:
-                await self.partials_out.send(value=encode_partials(partials))
+            budget_sums = state.windows.due_budgets(wall)
+            if (partials or budget_sums) and self.partials_out is not None:
+                await self.partials_out.send(value=encode_partials(partials, budgets=budget_sums))
             if now - state.last_checkpoint >= self.options.checkpoint_interval_s:
                 await self.checkpoint(state)
         if now - self._last_log >= 10:

@@ -560,6 +560,25 @@ ALTER TABLE {db}.traces
     ADD COLUMN IF NOT EXISTS sampled_by LowCardinality(String)
 """
 
+# ---- version 9: budget alerts (pipeline/budgets_merge.py) are about one user or session ----------------
+#
+# A budget alert names its user or session (service "*", no trace): without them in the sorting key, two
+# users over one budget in one window would collapse into one row. The sink writes `identity` as
+# "<user_id>|<session_id>" (sinks/record_routes.py); ClickHouse refuses a derived (DEFAULT/MATERIALIZED)
+# column in a grown key, and, as in version 6, lets the key grow only by a column added in the same ALTER
+# (the second statement adds it where the first did not: the Distributed table of the cluster mode).
+# Rows stored before read ''.
+ALERTS_SUBJECT_KEY_V9 = """
+ALTER TABLE {db}.alerts
+    ADD COLUMN IF NOT EXISTS identity String,
+    MODIFY ORDER BY (rule, service, window_start, state, trace_id, identity)
+"""
+
+ALERTS_SUBJECT_COLUMN_V9 = """
+ALTER TABLE {db}.alerts
+    ADD COLUMN IF NOT EXISTS identity String
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -612,6 +631,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         (SPANS_PRICE_VERSION_V7, TRACES_PRICE_VERSION_V7),
     ),
     Migration(8, "traces: sampled and sampled_by (tail sampling)", (TRACES_SAMPLED_V8,)),
+    Migration(
+        9,
+        "alerts: identity (user and session of budget alerts) in the key",
+        (ALERTS_SUBJECT_KEY_V9, ALERTS_SUBJECT_COLUMN_V9),
+    ),
 )
 
 MIGRATIONS_TABLE = """

@@ -32,6 +32,7 @@ class AlertRow(msgspec.Struct):
     trace_id: str = ""  # the three of guard alerts (rules of type trace); "" for window alerts
     user_id: str = ""
     session_id: str = ""
+    identity: str = ""  # "<user_id>|<session_id>": in the key, so budget alerts of two users stay two rows
 
 
 def alert_row(a: Alert) -> AlertRow:
@@ -51,6 +52,7 @@ def alert_row(a: Alert) -> AlertRow:
         a.trace_id,
         a.user_id,
         a.session_id,
+        f"{a.user_id}|{a.session_id}" if a.user_id or a.session_id else "",
     )
 
 

@@ -93,6 +93,22 @@ def guard_rules(mode: str) -> list[Any]:
     return parse_trace_rules({"rules": tables})
 
 
+# Budgets per user and session (pipeline/budgets.py), `--budgets`: none (a worker's default); one rule (cost
+# per user per hour); or three (that, LLM calls per session, tokens per user), thresholds never reached.
+BUDGET_MODES = ("off", "on", "all")
+
+
+def budget_rules(mode: str) -> list[Any]:
+    from tracehouse.pipeline.budgets_rules import parse_budget_rules
+
+    rule = {"type": "budget", "window_seconds": 3600, "threshold": 1e12}
+    tables = [{"name": "user-cost", "key": "user", "metric": "cost_usd", **rule}]
+    if mode == "all":
+        tables.append({"name": "session-calls", "key": "session", "metric": "llm_calls", **rule})
+        tables.append({"name": "user-tokens", "key": "user", "metric": "total_tokens", **rule})
+    return parse_budget_rules({"rules": tables}) if mode != "off" else []
+
+
 def held_bytes_per_span(messages: list[tuple[int, bytes]], count: int) -> float:
     """What tail sampling holds per span of an open trace: its bytes, copied out of the message
     (pipeline/sampling.py `raw_spans`), kept until its trace is decided; measured with tracemalloc."""
@@ -131,7 +147,11 @@ def sampling_table(results: dict[str, list[tuple[float, float, int]]], held: flo
 
 
 def ceiling(
-    count: int, runs: int, guard_modes: tuple[str, ...] = ("loop",), sampling_modes: tuple[str, ...] = ("off",)
+    count: int,
+    runs: int,
+    guard_modes: tuple[str, ...] = ("loop",),
+    sampling_modes: tuple[str, ...] = ("off",),
+    budget_modes: tuple[str, ...] = ("off",),
 ) -> None:
     h.note(f"ceiling: SpanProcessor.on_message on {count:,} spans, {runs} runs, guards {'/'.join(guard_modes)}")
     spans = emitted_order(h.make_spans(count, seed=7, spread_s=150))
@@ -150,7 +170,7 @@ def ceiling(
 
     kept_fraction: list[float] = []
 
-    async def one_run(guards: str, sampling: str = "off") -> tuple[float, float, int]:
+    async def one_run(guards: str, sampling: str = "off", budgets: str = "off") -> tuple[float, float, int]:
         from tracehouse.pipeline.guards import GuardPublisher
         from tracehouse.pipeline.sampling import SamplingRules
 
@@ -160,7 +180,7 @@ def ceiling(
             traces_out=traces,
             partials_out=_Counter(),
             dlq_out=_Counter(),
-            windows_factory=windows_factory(),
+            windows_factory=windows_factory(budget_rules=budget_rules(budgets)),
             options=ProcessorOptions(checkpoint_interval_s=3600),
             guards=GuardPublisher(rules, _Counter()) if rules else None,
             sampling=SamplingRules() if sampling == "on" else None,  # tail sampling: the default rules
@@ -217,6 +237,22 @@ def ceiling(
                 by_sampling[mode].append(asyncio.run(one_run(guard_modes[0], mode)))
         kept = f"{h.median(kept_fraction):.1%} of traces kept" if kept_fraction else ""
         sampling_table(by_sampling, held_bytes_per_span(messages, count), kept)
+    if len(budget_modes) > 1:
+        by_budgets: dict[str, list[tuple[float, float, int]]] = {mode: [] for mode in budget_modes}
+        for _ in range(runs):
+            for mode in budget_modes:
+                by_budgets[mode].append(asyncio.run(one_run(guard_modes[0], sampling_modes[0], mode)))
+        h.table(
+            f"Budgets: SpanProcessor CPU µs per span (on_message + on_tick), median (min-max) of {runs}"
+            " interleaved runs",
+            ["budgets", "µs/span", "spans/s on one core"],
+            [
+                (mode, h.spread([a + b for a, b, _ in got], "{:.2f}"), h.spread([1e6 / (a + b) for a, b, _ in got]))
+                for mode, got in by_budgets.items()
+            ],
+            caption="off: no budget rule (the default); on: cost per user per hour; all: that, LLM calls per "
+            f"session and tokens per user; thresholds never reached; {h.host_load()}",
+        )
     results = by_mode[guard_modes[0]]
     per_span = [a + b for a, b, _ in results]
     h.table(
@@ -583,6 +619,13 @@ def main() -> None:
         help="tail sampling (default rules: errors, rate limits, guards, 10 %% of the rest); both: compared in the"
         " ceiling, interleaved; the worker runs use the first (default: off)",
     )
+    parser.add_argument(
+        "--budgets",
+        choices=BUDGET_MODES,
+        action="append",
+        help="budget rules per user/session: off (default), on (one rule) or all (three); several are compared"
+        " in the ceiling, interleaved",
+    )
     args = parser.parse_args()
     guard_modes = tuple(dict.fromkeys(args.guards or ["loop"]))
     sampling_modes = tuple(dict.fromkeys(args.sampling or ["off"]))
@@ -593,7 +636,8 @@ def main() -> None:
     h.console.print(f"pipeline_throughput ({'quick' if quick else 'full'}): {h.python_info()}, {h.host_load()}")
     started = time.perf_counter()
     if "ceiling" in parts:
-        ceiling(20_000 if quick else 100_000, 2 if quick else 3, guard_modes, sampling_modes)
+        budget_modes = tuple(dict.fromkeys(args.budgets or ["off"]))
+        ceiling(20_000 if quick else 100_000, 2 if quick else 3, guard_modes, sampling_modes, budget_modes)
     if "workers" in parts:
         with h.Stack(need_kafka=True, need_clickhouse=False) as stack:  # every topic: the worker waits for all
             sampling_env = {"TRACEHOUSE_SAMPLING": "1"} if sampling_modes[0] == "on" else {}
