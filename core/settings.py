@@ -238,6 +238,9 @@ CLICKHOUSE_DATABASE = _declare(
 CLICKHOUSE_CA = _declare(
     "CLICKHOUSE_CA", PATH, None, "PEM CA that signed ClickHouse's certificate (needs an `https://` URL)"
 )
+CLICKHOUSE_COMPRESS = _declare(
+    "CLICKHOUSE_COMPRESS", FLAG, None, "lz4 between tracehouse and ClickHouse (unset: on unless the host is loopback)"
+)
 DATA_DIR = _declare("DATA_DIR", PATH, Path("./.tracehouse"), "local data of the embedded servers and the demo")
 
 _begin("SDK", "the `tracehouse` Python SDK in an instrumented application")

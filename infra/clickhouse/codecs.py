@@ -1,11 +1,13 @@
 """Compression on ClickHouse's HTTP interface: request bodies in, result bodies out.
 
-Request bodies arrive with HTTP `Content-Encoding` (clickhouse-connect compresses inserts with lz4 by
-default, zstd/gzip/br on request; curl users send gzip), or in ClickHouse's own block framing when the URL
-has `decompress=1`. Decoders here are incremental so a large insert never has to sit in memory whole, and
-they accept concatenated frames: clickhouse-connect compresses every insert block as a separate lz4/zstd
-frame. Results are compressed only when the client asks (`enable_http_compression=1` plus
-`Accept-Encoding`), as one frame per response because clickhouse-connect's lz4 reader expects that.
+Request bodies arrive with HTTP `Content-Encoding` (clickhouse-connect's `insert()` compresses with the
+client's `compress` method, lz4 by default; its `raw_insert` sends a body as given; curl users send gzip),
+or in ClickHouse's own block framing when the URL has `decompress=1`. Decoders here are incremental so a
+large insert never has to sit in memory whole, and they accept concatenated frames: clickhouse-connect
+compresses every insert block as a separate lz4/zstd frame. Where the engine can undo an encoding itself
+(`ENGINE_DECODES`), the server hands it the body as it came instead (engine.py). Results are compressed
+only when the client asks (`enable_http_compression=1` plus `Accept-Encoding`), as one frame per
+response because clickhouse-connect's lz4 reader expects that.
 
 Only libraries tracehouse already depends on are used: zlib, lz4 (aiokafka[lz4]) and zstd (the stdlib on
 3.14, backports.zstd before, which clickhouse-connect pulls in); xz and bz2 from the standard library;
@@ -156,12 +158,20 @@ class _NativeBlocks:
         return b""
 
 
+# Content-Encodings the engine decompresses itself when reading a file (`FROM INFILE ... COMPRESSION`),
+# by ClickHouse's name for them; each reads concatenated frames (members), tested with chdb-core 26.9.
+ENGINE_DECODES = {"lz4": "lz4", "zstd": "zstd", "zstandard": "zstd", "gzip": "gzip", "x-gzip": "gzip"}
+
+
 class BodyDecoder:
     """Chains the HTTP Content-Encoding decoder and, with `decompress=1`, the native block decoder."""
 
     def __init__(self, content_encoding: str | None, native: bool):
         self._stages = [s for s in (_http_decoder(content_encoding), _NativeBlocks() if native else None) if s]
         self.identity = not self._stages
+        # The engine's name for the body's compression if the engine can undo it alone, else None
+        encoding = (content_encoding or "").strip().lower()
+        self.engine_compression = None if native else ENGINE_DECODES.get(encoding)
 
     def feed(self, data: bytes) -> bytes:
         for stage in self._stages:

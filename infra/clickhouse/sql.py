@@ -113,14 +113,15 @@ class InsertHead:
     data_start: int
     settings: str = ""
 
-    def infile_sql(self, path: str, defaults: dict[str, str] | None = None) -> str:
-        """This INSERT reading its data from `path` (uncompressed, in `format`), with `defaults` added to
-        its SETTINGS clause unless the clause names them."""
+    def infile_sql(self, path: str, defaults: dict[str, str] | None = None, compression: str = "none") -> str:
+        """This INSERT reading its data from `path` (in `format`, compressed with ClickHouse's method
+        `compression`), with `defaults` added to its SETTINGS clause unless the clause names them."""
         clauses = [self.settings[len("SETTINGS") :].strip()] if self.settings else []
         named = self.settings.lower()
         clauses += [f"{k} = {quote_string(v)}" for k, v in (defaults or {}).items() if k.lower() not in named]
         settings = f" SETTINGS {', '.join(clauses)}" if clauses else ""
-        return f"{self.statement} FROM INFILE {quote_string(path)} COMPRESSION 'none'{settings} FORMAT {self.format}"
+        source = f"FROM INFILE {quote_string(path)} COMPRESSION {quote_string(compression)}"
+        return f"{self.statement} {source}{settings} FORMAT {self.format}"
 
 
 NEED_MORE = "need-more"  # the buffer ends before the INSERT's data start could be found
@@ -193,7 +194,7 @@ def _after_format(buf: bytes, it: Iterator[Token], complete: bool, statement: st
     pos, end = name.end, len(buf)
     while pos < end and buf[pos] in b" \t\f":
         pos += 1
-    if not complete and pos >= end - 1:  # a "\r\n" may be on its way
+    if not complete and (pos >= end or (pos == end - 1 and buf[pos] == 0x0D)):  # a "\r\n" may be on its way
         return NEED_MORE
     if pos < end and buf[pos] == 0x0D:
         pos += 1

@@ -22,7 +22,9 @@ Variants (each a database migrated to the latest schema, then changed as named):
 - `keys3m`: `latest` with 3,000,000 keys already in `span_keys` (migration 4's first-seen filter looks
   every span up there; a full table is slower to look up than the empty one the other variants have);
 - `null`: the rows into a Null-engine copy of `spans` (parsed, then dropped: HTTP, the server's Python,
-  the body's spooling and the parse, nothing stored); `-indexes`: `spans` without its skip indexes
+  the body's spooling and the parse, nothing stored); `null-lz4` / `null-zstd` / `null-gzip`: the same
+  with the body compressed (frames of 1 MiB, Content-Encoding), what decompressing costs the server;
+  `-indexes`: `spans` without its skip indexes
   other than the trace-id bloom filter; `wide`: `spans` writes inserts of more than 10 MB as wide
   parts (a file per column stream: ClickHouse's default, which migration 4 raised);
 - `-<view>`: `latest` without one materialized view (its cost is the difference), `-views`: none
@@ -36,12 +38,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import _harness as h
+import lz4.frame
+from backports import zstd
 from receiver_throughput import anchor_bodies
 
 from tracehouse.core.config import Settings
@@ -91,6 +96,7 @@ class Variant:
     drop_indexes: tuple[str, ...] = ()
     table_settings: str = ""  # ALTER TABLE spans MODIFY SETTING ...
     known_keys: int = 0  # span keys already in `span_keys` (kept across runs): a full table, as in production
+    compression: str | None = None  # Content-Encoding of the bodies: one frame per 1 MiB, as clickhouse-connect sends
     settings: Settings | None = None
     bodies: list[bytes] = field(default_factory=list)  # one insert body per batch, in `fmt`
     us_per_span: list[float] = field(default_factory=list)
@@ -102,6 +108,7 @@ def variants(only: set[str] | None) -> list[Variant]:
         Variant("before", before_v4=True),
         Variant("keys3m", known_keys=3_000_000),
         Variant("null", table="spans_null"),
+        *(Variant(f"null-{codec}", table="spans_null", compression=codec) for codec in ("lz4", "zstd", "gzip")),
         Variant("wide", table_settings="min_bytes_for_wide_part = 10485760"),
         Variant("-indexes", drop_indexes=("idx_session_id", "idx_user_id", "idx_duration", "idx_error_type")),
         *(Variant(f"-{name}", drop_views=(view,)) for name, view in VIEWS.items()),
@@ -155,7 +162,7 @@ def prepare(stack: h.Stack, variant: Variant, batches: list[bytes]) -> None:
             for column, typ in TEXT_COLUMNS.items():
                 client.command(f"ALTER TABLE {db}.spans MODIFY COLUMN {column} {typ} CODEC({variant.codec})")
         if variant.fmt == SPAN_FORMAT:
-            variant.bodies = list(batches)
+            variant.bodies = [compress_frames(b, variant.compression) for b in batches]
             return
         # The same rows in another format: through a scratch table of the same structure, once, untimed
         client.command(f"CREATE TABLE {db}.scratch AS {db}.spans ENGINE = Memory")
@@ -201,9 +208,18 @@ async def insert_all(variant: Variant) -> None:
                 insert_block=body,
                 fmt=variant.fmt,
                 settings=INSERT_SETTINGS.get("spans"),
+                compression=variant.compression,
             )
     finally:
         await client.close()
+
+
+def compress_frames(body: bytes, codec: str | None, frame: int = 1 << 20) -> bytes:
+    """`body` as concatenated frames of `codec` (None: as it is), one per `frame` bytes."""
+    if codec is None:
+        return body
+    compress = {"lz4": lz4.frame.compress, "zstd": zstd.compress, "gzip": gzip.compress}[codec]
+    return b"".join(compress(body[i : i + frame]) for i in range(0, len(body), frame))
 
 
 def merges_running(variant: Variant) -> bool:

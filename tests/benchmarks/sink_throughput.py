@@ -62,13 +62,13 @@ MESSAGE_SPANS = 500  # spans per Kafka message, as the SDK's transport sends the
 
 def peer_row(span: Span, prices: PriceTable, partition: int, offset: int) -> list[Any]:
     """One `spans` row as the Python values clickhouse-connect takes (nested tuples, dicts, lists)."""
-    from tracehouse.core.pricing import price_span
+    from tracehouse.core.pricing import price_span, priced_version
     from tracehouse.sinks.rows import error_type_of
 
     llm = span.llm
     usage = span.usage
     prompt = span.prompt
-    cost, source = price_span(prices, llm.model if llm else "", usage, span.cost_usd)
+    cost, source = price_span(prices, llm.model if llm else "", usage, span.cost_usd, span.start_time_ns)
 
     def messages(items: list[Any]) -> list[tuple[Any, ...]]:
         return [
@@ -98,6 +98,8 @@ def peer_row(span: Span, prices: PriceTable, partition: int, offset: int) -> lis
         usage.reasoning if usage else 0,
         cost,
         source,
+        priced_version(prices, source),
+        usage.cache_write if usage else 0,
         span.input,
         span.output,
         span.attributes,
