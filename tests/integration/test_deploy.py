@@ -210,6 +210,7 @@ def test_topics_are_declared_once_in_core_and_made_by_migrate() -> None:
         topics.SPANS,
         topics.TRACES,
         topics.SCORES,
+        topics.SPANS_KEPT,
     }
     kafka = compose()["services"]["kafka"]["environment"]
     for spec in specs.values():
