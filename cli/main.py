@@ -413,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["replay"].add_argument(
         "--dlq", action="store_true", help="re-admit the dead letters of the range whose spans now pass"
     )
+    parsers["replay"].add_argument(
+        "--to-table",
+        metavar="NAME",
+        help="write the traces into table NAME and the rollups into NAME_rollups (created AS traces / rollups) "
+        "instead of publishing them on Kafka, to compare with what is stored",
+    )
     return parser
 
 

@@ -1,5 +1,6 @@
 """The `tracehouse replay` command: parse the range, run a replay (pipeline/replay.py) or a re-admission of
-dead letters (pipeline/replay_dlq.py), show progress on stderr and print a one-line summary.
+dead letters (pipeline/replay_dlq.py), show progress on stderr and print a one-line summary. With
+`--to-table NAME` the replay writes into side tables instead of Kafka (cli/replay_table.py).
 
 Re-admission asks ClickHouse which spans `spans` already holds (so nothing is published twice); that query
 lives here, not in the pipeline, which does not talk to ClickHouse."""
@@ -29,26 +30,40 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
     if start is None or end is None or end <= start:
         raise SystemExit(f"tracehouse replay: --from and --to must be {TIME_FORMS}, --from before --to")
     if args.dlq:
+        if args.to_table:
+            raise SystemExit("tracehouse replay: --dlq re-admits dead letters onto tracehouse.spans; no --to-table")
         return _readmit(settings, start, end)
-    return _replay(settings, start, end, rollups=not args.no_rollups)
+    return _replay(settings, start, end, rollups=not args.no_rollups, to_table=args.to_table)
 
 
-def _replay(settings: Settings, start: int, end: int, *, rollups: bool) -> int:
+def _replay(settings: Settings, start: int, end: int, *, rollups: bool, to_table: str | None = None) -> int:
+    from tracehouse.cli.replay_table import TableNameError, TableOutput
     from tracehouse.core.pricing import PriceFileError, configured_prices
-    from tracehouse.pipeline.replay import ReplayRangeError, replay
+    from tracehouse.pipeline.replay import ReplayOutput, ReplayRangeError, replay
 
+    output: ReplayOutput | None = None
+    traces_to, rollups_to = "published on tracehouse.traces", "published on tracehouse.rollups"
+    if to_table is not None:
+        try:
+            output = TableOutput(settings.clickhouse, to_table, rollups=rollups, progress=progress)
+        except TableNameError as exc:
+            raise SystemExit(f"tracehouse replay: {exc}") from None
+        traces_to = f"written into {settings.clickhouse.database}.{output.traces_table} (nothing on Kafka)"
+        rollups_to = f"written into {settings.clickhouse.database}.{output.rollups_table}"
     try:
         prices = configured_prices()
     except PriceFileError as exc:
         raise SystemExit(f"tracehouse replay: {exc}") from None
     try:
-        report = asyncio.run(replay(settings.kafka_bootstrap, start, end, prices, rollups=rollups, progress=progress))
-    except ReplayRangeError as exc:
+        report = asyncio.run(
+            replay(settings.kafka_bootstrap, start, end, prices, rollups=rollups, progress=progress, output=output)
+        )
+    except (ReplayRangeError, RuntimeError) as exc:
         raise SystemExit(f"tracehouse replay: {exc}") from None
     if rollups:
         windows = (
-            f"{report.rollups} rollups of {report.rollup_windows} windows wholly inside the range published on "
-            f"tracehouse.rollups ({report.edge_windows} edge windows skipped: they would be undercounts"
+            f"{report.rollups} rollups of {report.rollup_windows} windows wholly inside the range {rollups_to} "
+            f"({report.edge_windows} edge windows skipped: they would be undercounts"
             + (f"; {report.late_spans} spans later than the worker accepts left out" if report.late_spans else "")
             + ")"
         )
@@ -56,7 +71,7 @@ def _replay(settings: Settings, start: int, end: int, *, rollups: bool) -> int:
         windows = "rollups not re-derived (--no-rollups)"
     print(
         f"replayed {report.messages} records ({report.spans} spans; {report.refused} refused for their times, "
-        f"{report.undecodable} undecodable): {report.traces} traces published on tracehouse.traces "
+        f"{report.undecodable} undecodable): {report.traces} traces {traces_to} "
         f"with prices {prices.version}; {windows}"
     )
     return 0

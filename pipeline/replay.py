@@ -4,10 +4,11 @@ After a mapping fix, a new price file or a worker bug, the spans are still in `t
 as the topic's retention: replay reads the records Kafka received between two times (each partition from
 `offsets_for_times(from)` to `offsets_for_times(to)`), assembles their traces with the worker's own
 assembler and the current prices (`core.pricing.configured_prices`), and publishes the records on
-`tracehouse.traces`, where the sink writes them like the worker's. Nothing is doubled: `traces` is a
-ReplacingMergeTree(version) whose version is the number of spans a record covers, so a trace whose spans all
-lie in the range replaces its stored row (same version, later insert), and a trace cut by the range's edges
-(fewer spans) loses to the stored one.
+`tracehouse.traces`, where the sink writes them like the worker's (or hands them to another `ReplayOutput`:
+`tracehouse replay --to-table` writes them into a side table to compare, cli/replay_table.py). Nothing is
+doubled: `traces` is a ReplacingMergeTree(version) whose version is the number of spans a record covers, so
+a trace whose spans all lie in the range replaces its stored row (same version, later insert), and a trace
+cut by the range's edges (fewer spans) loses to the stored one.
 
 Rollups: the worker's own windows (pipeline/windows.py, one aggregator per partition and size, as the
 worker keeps them) and merger (pipeline/merger.py `merge_records`) over the same spans, published as final
@@ -32,6 +33,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -39,7 +41,7 @@ from aiokafka.structs import ConsumerRecord
 from tracehouse.core import topics
 from tracehouse.core.kafka_security import kafka_client_options
 from tracehouse.core.pricing import PriceTable, price_span
-from tracehouse.core.rollups import RollupPartialRecord, encode_rollups
+from tracehouse.core.rollups import Rollup, RollupPartialRecord, encode_rollups
 from tracehouse.core.schema import SchemaError, Span, TraceRecord, decode_batch, encode_traces
 from tracehouse.core.timestamps import split_by_time, time_window
 from tracehouse.core.topic_admin import existing_topics
@@ -69,6 +71,47 @@ class ReplayReport:
     rollup_windows: int = 0  # distinct (size, start) windows published
     edge_windows: int = 0  # windows cut by the range's edges: skipped (they would be undercounts)
     late_spans: int = 0  # spans that reached Kafka after their window's acceptance bound: left out, as the worker does
+
+
+class ReplayOutput(Protocol):
+    """Where a replay's re-derived records go: Kafka for the sink (`KafkaOutput`, the default) or a side table."""
+
+    async def start(self) -> None: ...
+    async def write_traces(self, records: list[TraceRecord]) -> None: ...
+    async def write_rollups(self, rows: list[Rollup]) -> None: ...
+    async def finish(self) -> None:
+        """Everything written is durable once this returns."""
+
+    async def stop(self) -> None: ...
+
+
+class KafkaOutput:
+    """Publishes on `tracehouse.traces` and `tracehouse.rollups`, where the sink stores them like the worker's."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **kafka_client_options())
+
+    async def start(self) -> None:
+        try:
+            await self.producer.start()
+        except Exception as exc:
+            await self.producer.stop()
+            raise ReplayRangeError(f"Kafka at {self.bootstrap} is unreachable: {exc}") from None
+
+    async def write_traces(self, records: list[TraceRecord]) -> None:
+        for i in range(0, len(records), TRACES_PER_MESSAGE):
+            await self.producer.send(topics.TRACES, encode_traces(records[i : i + TRACES_PER_MESSAGE]))
+
+    async def write_rollups(self, rows: list[Rollup]) -> None:
+        for i in range(0, len(rows), ROLLUPS_PER_MESSAGE):
+            await self.producer.send(topics.ROLLUPS, encode_rollups(rows[i : i + ROLLUPS_PER_MESSAGE]))
+
+    async def finish(self) -> None:
+        await self.producer.flush()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
 
 
 class _ReplayWindows:
@@ -121,9 +164,11 @@ async def replay(
     progress: Progress | None = None,
     poll_ms: int = 500,
     topic: str = topics.SPANS,
+    output: ReplayOutput | None = None,
 ) -> ReplayReport:
     """Re-derive and publish the traces of the spans Kafka received in [from_ns, to_ns), and (with
-    `rollups`) the rollups of the windows wholly inside it. `topic`: another log of span messages (tests)."""
+    `rollups`) the rollups of the windows wholly inside it. `topic`: another log of span messages (tests);
+    `output`: where the records go (default: Kafka, `KafkaOutput`)."""
     say = progress or (lambda line: None)
     options = window_options or WindowOptions()
     report = ReplayReport()
@@ -132,14 +177,17 @@ async def replay(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **kafka_client_options()
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **kafka_client_options())
+    out = output or KafkaOutput(bootstrap)
     try:
         await consumer.start()
-        await producer.start()
     except Exception as exc:
         await consumer.stop()
-        await producer.stop()
         raise ReplayRangeError(f"Kafka at {bootstrap} is unreachable: {exc}") from None
+    try:
+        await out.start()
+    except BaseException:
+        await consumer.stop()
+        raise
     try:
         ranges = await _offset_ranges(consumer, bootstrap, topic, from_ns, to_ns, late_ns, poll_ms)
         total = sum(end - start for start, _, end in ranges.values())
@@ -168,19 +216,18 @@ async def replay(
         for assembler in assemblers.values():
             records.extend(assembler.take_forced())
             records.extend(assembler.flush_all(now=time.monotonic()))
-        for i in range(0, len(records), TRACES_PER_MESSAGE):
-            await producer.send(topics.TRACES, encode_traces(records[i : i + TRACES_PER_MESSAGE]))
+        await out.write_traces(records)
         report.traces = len(records)
         if rollups:
-            await _publish_rollups(producer, list(windows.values()), report)
-        await producer.flush()
+            await _publish_rollups(out, list(windows.values()), report)
+        await out.finish()
         return report
     finally:
-        await producer.stop()
+        await out.stop()
         await consumer.stop()
 
 
-async def _publish_rollups(producer: AIOKafkaProducer, windows: list[_ReplayWindows], report: ReplayReport) -> None:
+async def _publish_rollups(out: ReplayOutput, windows: list[_ReplayWindows], report: ReplayReport) -> None:
     """Merge every partition's records of a (window, group) into its final row, as the merger does."""
     groups: dict[tuple[int, int, tuple[str, str, str, str]], list[RollupPartialRecord]] = {}
     edge: set[tuple[int, int]] = set()
@@ -189,8 +236,7 @@ async def _publish_rollups(producer: AIOKafkaProducer, windows: list[_ReplayWind
         for record in window.records():
             groups.setdefault((record.window_seconds, record.window_start, tuple(record.key)), []).append(record)
     rows = [merge_records(parts) for _, parts in sorted(groups.items())]
-    for i in range(0, len(rows), ROLLUPS_PER_MESSAGE):
-        await producer.send(topics.ROLLUPS, encode_rollups(rows[i : i + ROLLUPS_PER_MESSAGE]))
+    await out.write_rollups(rows)
     report.rollups = len(rows)
     report.rollup_windows = len({(size, start) for size, start, _ in groups})
     report.edge_windows = len(edge)
