@@ -62,7 +62,8 @@ def test_worker_and_sink_are_ready_once_they_consume_their_partitions(settings: 
         asyncio.run(migrate(settings.clickhouse))
         sink_seen = watch_until_ready(sink_port)
         assert sink_seen and sink_seen[-1][0] == 200, (sink_seen[-3:], sink.log_tail())
-        assert sink_seen[-1][1]["partitions"] == 4 + 4 + 1 + 1 + 4  # spans, traces, rollups, alerts, scores
+        # spans, traces, rollups, alerts, scores, score rollups
+        assert sink_seen[-1][1]["partitions"] == 4 + 4 + 1 + 1 + 4 + 1
 
         for proc, port in ((sink, sink_port), (worker, worker_port)):
             assert proc.stop(timeout=60) == 0, proc.log_tail()
