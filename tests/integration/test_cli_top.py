@@ -336,7 +336,13 @@ def test_live_view_exits_0_on_ctrl_c(data: Dataset) -> None:
             assert time.monotonic() < deadline, "the live view did not refresh"
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            err = proc.stderr.read() if proc.stderr else b""
+            raise AssertionError(f"top did not exit on Ctrl-C; stderr: {err.decode()[-3000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
