@@ -89,6 +89,12 @@ class PartitionWindows:
             return []
         return self.budgets.due(now_s, now_s - self._last_arrival)
 
+    def newest_closed(self, count: int) -> tuple[int, list[tuple[int, list[RollupPartialRecord]]]]:
+        """The longest window size and its `count` newest closed windows (for pipeline/sampling.py's keep
+        rule on a group's latency quantile: the most spans per window, and restored with the checkpoint)."""
+        longest = max(self.aggregators, key=lambda a: a.window_seconds)
+        return longest.window_seconds, longest.newest_closed(count)
+
     def to_state(self) -> bytes:
         budgets = self.budgets.to_state() if self.budgets is not None else b""
         return msgspec.msgpack.encode(_WindowsState([a.to_state() for a in self.aggregators], budgets))

@@ -59,6 +59,7 @@ class WindowStage(Protocol):
     def due(self, now_s: float) -> list[Any]: ...
     def due_budgets(self, now_s: float) -> list[Any]: ...
     def to_state(self) -> bytes: ...
+    def newest_closed(self, count: int) -> tuple[int, list[Any]]: ...
 
 
 @dataclass
@@ -169,6 +170,7 @@ class SpanProcessor:
             state = _Partition(partition, assembler, windows, checkpoint.next_offset if checkpoint else 0)
             if self.sampling is not None:
                 state.sampler = PartitionSampler(self.sampling, self.options.revision_window_s, self.sampling_stats)
+                state.sampler.windows_closed(windows)  # the group quantiles of the restored windows
             self._partitions[partition] = state
             log.info(
                 "partition %d: taken over at offset %d; windows %s",
@@ -298,11 +300,13 @@ class SpanProcessor:
         now = time.monotonic()
         wall = time.time()
         for state in list(self._partitions.values()):
+            partials = state.windows.due(wall)
+            if partials and state.sampler is not None:  # before deciding: the windows closed by now
+                state.sampler.windows_closed(state.windows, partials)
             records = state.assembler.due(now)
             if records:
                 remember_emitted(state.recent, state.assembler, records)
                 await self._send_traces(records, state)
-            partials = state.windows.due(wall)
             budget_sums = state.windows.due_budgets(wall)
             if (partials or budget_sums) and self.partials_out is not None:
                 await self.partials_out.send(value=encode_partials(partials, budgets=budget_sums))

@@ -7,6 +7,7 @@ Public API:
     load_sampling(path=None) -> SamplingRules | None   None when TRACEHOUSE_SAMPLING is off
     keep_by_rate(trace_id, rate) -> bool   the same answer in every process
     PartitionSampler                       one partition's held spans and decisions
+    GroupLatencies                         one partition's latency quantile per root group (service, name)
     SamplingStats                          traces decided and kept per rule (the worker's stats, `top`)
     encode_kept(spans) -> list[bytes]      `tracehouse.spans.kept` messages (the `tracehouse.spans` format)
 
@@ -17,6 +18,8 @@ The rules live beside the alert rules (TRACEHOUSE_ALERT_RULES):
     keep_rate_limits = true     # a rate-limited call (core/error_types.py, as `rate_limit_count`)
     keep_guarded = true         # a trace rule (in-flight guard, pipeline/guards.py) fired on the trace
     latency_ms = 30000          # the trace lasted longer (unset: no such rule)
+    latency_above_quantile = 0.95  # longer than its group's p95 (unset: no such rule; see below)
+    latency_min_count = 100     # ... once the group's window holds this many spans
     cost_usd = 0.50             # the trace cost more (unset: no such rule)
     score_below = 0.5           # a score carried by one of its spans is lower (unset: no such rule)
     rate = 0.10                 # the fraction of all other traces kept
@@ -24,7 +27,26 @@ The rules live beside the alert rules (TRACEHOUSE_ALERT_RULES):
 A trace is kept by the first rule that holds, in that order, and its record says which (`sampled_by`);
 `sampled` is false and `sampled_by` "" when none does. Rules see the trace as the worker emits it: the
 scores that come later on `tracehouse.scores` are not in it (keeping a trace for them would mean holding
-its spans until a score may come: no bound), nor is its group's p95 (see the README's cost notes).
+its spans until a score may come: no bound).
+
+The group's quantile (`latency_above_quantile`, rule "latency_quantile"): the group is the root span's
+service and name (the trace record's `service`, `root_name`): one kind of request (an endpoint, an agent),
+whose latencies are comparable; a group by service alone would keep every trace of its slowest endpoint,
+and the root's model or kind add nothing (a root is rarely an LLM call). Its quantile comes from what the
+partition already holds, at no cost per span: the sketches of the partition's longest windows (60 s,
+pipeline/windows.py) for the root's (service, name), merged over the kinds and models. A trace is measured
+against the newest closed window that *starts before its own* (by its end time) and holds at least
+`latency_min_count` spans of the group; without one, the rule says nothing (no verdict from 3 samples). The
+window's sketch counts every span of that (service, name), roots or not: a name used for roots is rarely
+used for other spans. Partition-local is enough: every partition sees a random share of the traces (they
+are keyed by trace id). Memory: the quantiles of the two newest closed windows, at most `max_groups` (1,000)
+groups each. Replay gives the same verdicts: at each tick the worker closes windows before it emits
+traces, and the window before a trace's own has closed by its emission (by event time, once a span of the
+trace's window was read, while a backlog is replayed; `grace_s` after its end when live, before the quiet
+period has passed), and the closed windows are in the windows' checkpoint, so a restarted worker measures
+each replayed trace against the same window. Exceptions, both at the margin: late spans of that window that
+arrived between the first decision and the replay (a revision moves the quantile by their share), and a
+producer clock far ahead of the worker's (the window may not have closed yet: no verdict).
 
 Why the rate is read from the trace id and not drawn at random: every process (two workers after a
 rebalance, a replay, a restarted worker) must reach the same verdict on the same trace, or a trace could
@@ -60,7 +82,9 @@ from typing import Any
 import msgspec
 
 from tracehouse.core import settings
+from tracehouse.core.rollups import OTHER_KEY, RollupPartialRecord
 from tracehouse.core.schema import SCHEMA_VERSION, TraceRecord
+from tracehouse.core.sketch import LatencySketch
 from tracehouse.pipeline.span_view import AnySpan
 from tracehouse.pipeline.windows import is_rate_limited
 
@@ -70,9 +94,11 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # The keep rules, in the order they are tried; "rate" is the share of the rest.
-RULES = ("error", "rate_limit", "guard", "latency", "cost", "score", "rate")
+RULES = ("error", "rate_limit", "guard", "latency", "latency_quantile", "cost", "score", "rate")
 SPANS_PER_MESSAGE = 500  # kept spans per `tracehouse.spans.kept` message (~1 MB of the anchor span shape)
 _HASH_SPACE = 1 << 64
+_QUANTILE_WINDOWS = 2  # closed windows whose group quantiles are kept (the one before a trace's own, and one more)
+_NS = 1_000_000_000
 _events = operator.attrgetter("events")
 _attributes = operator.attrgetter("attributes")
 _status = operator.attrgetter("status")
@@ -88,6 +114,8 @@ class SamplingRules(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     keep_rate_limits: bool = True
     keep_guarded: bool = True
     latency_ms: float | None = None
+    latency_above_quantile: float | None = None
+    latency_min_count: int = 100
     cost_usd: float | None = None
     score_below: float | None = None
     rate: float = 0.1
@@ -95,14 +123,28 @@ class SamplingRules(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"rate must be between 0 and 1, got {self.rate}")
+        q = self.latency_above_quantile
+        if q is not None and not 0.0 < q < 1.0:
+            raise ValueError(f"latency_above_quantile must be between 0 and 1 (exclusive), got {q}")
+        if self.latency_min_count < 1:
+            raise ValueError(f"latency_min_count must be at least 1, got {self.latency_min_count}")
         for name in ("latency_ms", "cost_usd"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative, got {value}")
 
-    def decide(self, record: TraceRecord, *, rate_limited: bool, low_score: bool, guard_fired: bool) -> str:
+    def decide(
+        self,
+        record: TraceRecord,
+        *,
+        rate_limited: bool,
+        low_score: bool,
+        guard_fired: bool,
+        group_quantile_ms: float | None = None,
+    ) -> str:
         """The rule that keeps this trace, or "" to drop its spans. `rate_limited` and `low_score` say what
-        its spans showed as they were held (`PartitionSampler.hold`)."""
+        its spans showed as they were held (`PartitionSampler.hold`); `group_quantile_ms` is its group's
+        latency quantile (`GroupLatencies.quantile_ms`), None when not known."""
         if self.keep_errors and record.error_count:
             return "error"
         if self.keep_rate_limits and rate_limited:
@@ -111,6 +153,8 @@ class SamplingRules(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             return "guard"
         if self.latency_ms is not None and record.duration_ns > self.latency_ms * 1e6:
             return "latency"
+        if group_quantile_ms is not None and record.duration_ns > group_quantile_ms * 1e6:
+            return "latency_quantile"
         if self.cost_usd is not None and record.cost_usd > self.cost_usd:
             return "cost"
         if low_score:
@@ -214,6 +258,81 @@ class SamplingStats:
         return f"sampling: {self.decided} traces decided; kept {parts}; {self.held_spans} spans held"
 
 
+class GroupLatencies:
+    """One partition's latency quantile per group (root service, root name) in its newest closed windows,
+    read from the windows' sketches when windows close (see the module's docstring)."""
+
+    def __init__(self, quantile: float, min_count: int) -> None:
+        self.quantile = quantile
+        self.min_count = min_count
+        self.window_seconds = 0
+        # window start -> group -> quantile (groups with min_count spans only), the newest closed windows
+        self._windows: dict[int, dict[tuple[str, str], float]] = {}
+        self._newest_first: list[tuple[int, dict[tuple[str, str], float]]] = []  # the same, for lookups
+
+    def refresh(
+        self,
+        window_seconds: int,
+        closed: list[tuple[int, list[RollupPartialRecord]]],
+        partials: list[RollupPartialRecord] | None = None,
+    ) -> None:
+        """Follow the newest closed windows (oldest first) after windows closed or were revised (`partials`:
+        what the windows emitted; None: everything, as from a restored checkpoint). A newly closed window is
+        read whole (one sketch per group, once a minute: ~25 ms at 1,000 groups); a revision re-reads only
+        the groups its late spans touched, so late spans trickling in cost little."""
+        self.window_seconds = window_seconds
+        windows: dict[int, dict[tuple[str, str], float]] = {}
+        for start, records in closed[-_QUANTILE_WINDOWS:]:
+            known = self._windows.get(start)
+            if known is None or partials is None:
+                known = self._read(records, None)
+            else:
+                touched = {
+                    (p.service, p.name)
+                    for p in partials
+                    if p.window_start == start and p.window_seconds == window_seconds
+                }
+                if touched:  # counts only grow: a group past min_count stays past it
+                    known.update(self._read(records, touched))
+            windows[start] = known
+        self._windows = windows
+        self._newest_first = sorted(windows.items(), reverse=True)
+
+    def _read(
+        self, records: list[RollupPartialRecord], groups: set[tuple[str, str]] | None
+    ) -> dict[tuple[str, str], float]:
+        """The quantile of each group (of `groups`; None: all) with `min_count` spans in a window's records,
+        merged over the kinds and models."""
+        merged: dict[tuple[str, str], LatencySketch] = {}
+        for record in records:
+            group = (record.service, record.name)
+            if record.service == OTHER_KEY[0] or (groups is not None and group not in groups):
+                continue  # the overflow group mixes every name
+            sketch = LatencySketch.from_bytes(record.latency_sketch)
+            held = merged.get(group)
+            if held is None:
+                merged[group] = sketch
+            else:
+                held.merge(sketch)
+        return {
+            group: sketch.quantile(self.quantile) for group, sketch in merged.items() if sketch.count >= self.min_count
+        }
+
+    def quantile_ms(self, record: TraceRecord) -> float | None:
+        """The quantile of the trace's group in the newest window that starts before the trace's own (by
+        its end time) and held `min_count` spans of the group; None without one."""
+        if not self._newest_first:
+            return None
+        group = (record.service, record.root_name)
+        own_start = record.end_time_ns // (self.window_seconds * _NS) * self.window_seconds
+        for start, quantiles in self._newest_first:
+            if start < own_start:
+                value = quantiles.get(group)
+                if value is not None:
+                    return value
+        return None
+
+
 class PartitionSampler:
     """One partition's spans held until their trace is decided, and the decisions still needed for late
     spans. Driven by the partition's one task, like its assembler."""
@@ -226,6 +345,21 @@ class PartitionSampler:
         self._rate_limited: set[str] = set()  # open traces with a rate-limited span
         self._low_scored: set[str] = set()  # open traces with a span's score below `score_below`
         self._decided: dict[str, tuple[str, float]] = {}  # trace id -> (rule, when); insertion = time order
+        q = rules.latency_above_quantile
+        self.latencies = GroupLatencies(q, rules.latency_min_count) if q is not None else None
+
+    def windows_closed(self, windows: Any, partials: list[RollupPartialRecord] | None = None) -> None:
+        """The partition's windows emitted `partials` (closed or revised windows; None: restored from a
+        checkpoint): re-read the groups' quantiles when the rule is on and a window of the size it reads
+        changed. `windows` is a PartitionWindows (pipeline/partition_windows.py)."""
+        latencies = self.latencies
+        if latencies is None:
+            return
+        if partials is not None and latencies.window_seconds:
+            size = latencies.window_seconds
+            if not any(p.window_seconds == size for p in partials):
+                return
+        latencies.refresh(*windows.newest_closed(_QUANTILE_WINDOWS), partials)
 
     def hold(self, spans: list[AnySpan], value: bytes | None = None) -> None:
         """Keep the bytes of a message's new (not duplicate) spans until their traces are decided, and
@@ -249,6 +383,7 @@ class PartitionSampler:
         stats = self.stats
         decided = self._decided
         rate_limited, low_scored = self._rate_limited, self._low_scored
+        latencies = self.latencies
         kept: list[msgspec.Raw] = []
         for record in records:
             trace_id = record.trace_id
@@ -265,6 +400,7 @@ class PartitionSampler:
                     rate_limited=trace_id in rate_limited,
                     low_score=trace_id in low_scored,
                     guard_fired=guard_fired(trace_id),
+                    group_quantile_ms=latencies.quantile_ms(record) if latencies is not None else None,
                 )
                 rate_limited.discard(trace_id)
                 low_scored.discard(trace_id)

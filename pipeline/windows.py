@@ -387,6 +387,11 @@ class WindowAggregator:
             del self._closed[start]
         return out
 
+    def newest_closed(self, count: int) -> list[tuple[int, list[RollupPartialRecord]]]:
+        """The `count` newest closed windows still kept (oldest first), each group at its latest revision:
+        what this partition has seen of them (tail sampling's group quantile, pipeline/sampling.py)."""
+        return [(start, self._closed[start].records) for start in sorted(self._closed)[-count:]]
+
     @property
     def open_windows(self) -> list[int]:
         return sorted(self._open)

@@ -47,9 +47,12 @@ from tracehouse.core import topics
 from tracehouse.core.schema import Span, decode_traces, encode_batch
 from tracehouse.pipeline.partition_windows import windows_factory
 from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
+from tracehouse.pipeline.sampling import SamplingRules
 from tracehouse.pipeline.worker import GC_THRESHOLDS
 
 MESSAGE_SPANS = 500
+# --sampling modes: the default rules, and with the keep rule on the root group's p95 as well
+SAMPLING_RULES = {"on": SamplingRules(), "p95": SamplingRules(latency_above_quantile=0.95)}
 QUIET_S = ProcessorOptions().quiet_s
 TARGET_PER_WORKER = 30_000
 
@@ -168,11 +171,10 @@ def ceiling(
     ]
     del spans
 
-    kept_fraction: list[float] = []
+    kept_fraction: dict[str, list[float]] = {}  # sampling mode -> kept fraction per run
 
     async def one_run(guards: str, sampling: str = "off", budgets: str = "off") -> tuple[float, float, int]:
         from tracehouse.pipeline.guards import GuardPublisher
-        from tracehouse.pipeline.sampling import SamplingRules
 
         traces = _Counter()
         rules = guard_rules(guards)
@@ -183,8 +185,9 @@ def ceiling(
             windows_factory=windows_factory(budget_rules=budget_rules(budgets)),
             options=ProcessorOptions(checkpoint_interval_s=3600),
             guards=GuardPublisher(rules, _Counter()) if rules else None,
-            sampling=SamplingRules() if sampling == "on" else None,  # tail sampling: the default rules
-            kept_out=_Counter() if sampling == "on" else None,
+            # tail sampling: the default rules; p95: and the group p95 rule
+            sampling=SAMPLING_RULES[sampling] if sampling != "off" else None,
+            kept_out=_Counter() if sampling != "off" else None,
         )
         processor.attach(None, None)  # no Faust stream to acknowledge to, no Table to checkpoint into
         offsets = dict.fromkeys(by_partition, 0)
@@ -209,8 +212,11 @@ def ceiling(
             emitted = time.thread_time() - start
         finally:
             gc.set_threshold(*thresholds)
-        if sampling == "on":
-            kept_fraction.append(processor.sampling_stats.fractions()["kept"])
+        if sampling != "off":
+            fractions = processor.sampling_stats.fractions()
+            kept_fraction.setdefault(sampling, []).append(fractions["kept"])
+            if sampling == "p95":
+                kept_fraction.setdefault("of which by the group p95", []).append(fractions["latency_quantile"])
         return consumed * 1e6 / count, emitted * 1e6 / count, processor.stats.traces
 
     # Guard modes interleaved run by run, so that a noisy neighbour weighs on each alike.
@@ -235,7 +241,8 @@ def ceiling(
         for _ in range(runs):
             for mode in sampling_modes:
                 by_sampling[mode].append(asyncio.run(one_run(guard_modes[0], mode)))
-        kept = f"{h.median(kept_fraction):.1%} of traces kept" if kept_fraction else ""
+        kept = ", ".join(f"{mode} {h.median(f):.1%}" for mode, f in kept_fraction.items())
+        kept = f"traces kept: {kept}" if kept else ""
         sampling_table(by_sampling, held_bytes_per_span(messages, count), kept)
     if len(budget_modes) > 1:
         by_budgets: dict[str, list[tuple[float, float, int]]] = {mode: [] for mode in budget_modes}
@@ -614,10 +621,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--sampling",
-        choices=("off", "on"),
+        choices=("off", *SAMPLING_RULES),
         action="append",
-        help="tail sampling (default rules: errors, rate limits, guards, 10 %% of the rest); both: compared in the"
-        " ceiling, interleaved; the worker runs use the first (default: off)",
+        help="tail sampling (on: the default rules: errors, rate limits, guards, 10 %% of the rest; p95: and the"
+        " group p95 rule); several: compared in the ceiling, interleaved; the worker runs use the first (default: off)",
     )
     parser.add_argument(
         "--budgets",

@@ -147,3 +147,86 @@ def test_keep_errors_and_a_tenth_of_the_rest(settings: Settings) -> None:
         client.close()
         sink.stop()
         worker.stop()
+
+
+def root_only(rng: random.Random, service: str, end_ns: int, duration_ms: float) -> Span:
+    """A one-span trace of the group (service, "agent")."""
+    return Span(
+        trace_id=f"{rng.getrandbits(128):032x}",
+        span_id=f"{rng.getrandbits(64) | 1:016x}",
+        name="agent",
+        kind="AGENT",
+        service=service,
+        start_time_ns=end_ns - int(duration_ms * 1e6),
+        end_time_ns=end_ns,
+    )
+
+
+def test_keep_traces_above_their_groups_p95(settings: Settings) -> None:
+    """A minute of the group's traffic, then slow and fast traces: the slow ones are kept by the group's p95
+    (from the worker's closed 60 s window, per partition), the fast ones dropped, and `top` says so."""
+    service = f"svc-p95-{settings.worker_group}"
+    rules = settings.data_dir / "alerts-p95.toml"
+    rules.parent.mkdir(parents=True, exist_ok=True)
+    rules.write_text("[sampling]\nlatency_above_quantile = 0.95\nlatency_min_count = 20\nrate = 0.0\n")
+    asyncio.run(migrate(settings.clickhouse))
+    start_groups_at_end(settings)
+    asyncio.run(commit_at_end(settings.kafka_bootstrap, settings.sink_group, [topics.SPANS_KEPT]))
+    env = {
+        **LocalStack(settings).child_env(),
+        "TRACEHOUSE_ALERT_RULES": str(rules),
+        "TRACEHOUSE_SAMPLING": "1",
+        "TRACEHOUSE_TRACE_QUIET_S": "0.5",
+    }
+    logs = settings.data_dir / "logs-p95"
+    worker = ManagedProcess("worker", ["worker"], logs, env).start()
+    sink = ManagedProcess("sink", ["sink", "--flush-interval", "0.2"], logs, env).start()
+    client = sync_client(settings.clickhouse)
+    transport = SpanTransport(settings.kafka_bootstrap, linger_s=0.01)
+    rng = random.Random(95)
+    try:
+        for proc in (worker, sink):
+            assert proc.wait_for_log("started", timeout=60), proc.log_tail()
+        time.sleep(3)  # partitions assigned
+
+        now = time.time_ns()
+        # the group's last minute (a window that has ended): 100-300 ms, so its p95 is about 290 ms
+        baseline = [
+            root_only(rng, service, now - 61_000_000_000 - i * 1_000_000, rng.uniform(100, 300)) for i in range(600)
+        ]
+        transport.submit_many(baseline)
+        assert transport.flush(10)
+        time.sleep(1)
+        now = time.time_ns()
+        slow = [root_only(rng, service, now, 2_000.0) for _ in range(40)]
+        fast = [root_only(rng, service, now, rng.uniform(50, 250)) for _ in range(100)]
+        transport.submit_many(slow + fast)
+        assert transport.flush(10)
+        every = baseline + slow + fast
+
+        def recorded() -> dict[str, str] | None:
+            rows = client.query(
+                "SELECT trace_id, sampled_by FROM traces FINAL WHERE service = {s:String}",
+                parameters={"s": service},
+            ).result_rows
+            return dict(rows) if len(rows) == len(every) else None
+
+        verdicts = wait_until(recorded, timeout=60)
+        assert verdicts, worker.log_tail()
+        assert {verdicts[s.trace_id] for s in slow} == {"latency_quantile"}
+        assert {verdicts[s.trace_id] for s in fast + baseline} == {""}  # the baseline has no earlier window
+        fractions = read_sampling(client, TopOptions(window_seconds=600, by=("service",)))
+        assert fractions == {"dropped": round(1 - 40 / len(every), 4), "latency_quantile": round(40 / len(every), 4)}
+
+        def stored() -> set[str] | None:
+            rows = client.query(
+                "SELECT DISTINCT trace_id FROM spans FINAL WHERE service = {s:String}", parameters={"s": service}
+            ).result_rows
+            return {t for (t,) in rows} if len(rows) >= len(slow) else None
+
+        assert wait_until(stored, timeout=30) == {s.trace_id for s in slow}, sink.log_tail()
+    finally:
+        transport.shutdown()
+        client.close()
+        sink.stop()
+        worker.stop()

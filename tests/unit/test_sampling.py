@@ -14,11 +14,13 @@ import pytest
 
 from tracehouse.core.schema import Event, LLMCall, Score, Span, TokenUsage, decode_batch, decode_traces, encode_batch
 from tracehouse.pipeline.alert_rules import parse_rules
+from tracehouse.pipeline.assembly import TraceAssembler
 from tracehouse.pipeline.guard_rules import default_trace_rules
 from tracehouse.pipeline.guards import GuardPublisher
-from tracehouse.pipeline.partition_windows import windows_factory
+from tracehouse.pipeline.partition_windows import PartitionWindows, WindowOptions, windows_factory
 from tracehouse.pipeline.processor import ProcessorOptions, SpanProcessor
 from tracehouse.pipeline.sampling import (
+    GroupLatencies,
     PartitionSampler,
     SamplingError,
     SamplingRules,
@@ -95,6 +97,8 @@ rate = 0.05
         ("keep_error = true", "unknown field `keep_error`"),
         ('latency_ms = "slow"', "Expected `float | null`, got `str`"),
         ("cost_usd = -1", "cost_usd must not be negative"),
+        ("latency_above_quantile = 1.0", "latency_above_quantile must be between 0 and 1"),
+        ("latency_min_count = 0", "latency_min_count must be at least 1"),
     ],
 )
 def test_a_bad_sampling_table_is_named(table: str, expected: str) -> None:
@@ -144,7 +148,6 @@ def test_each_rule_keeps_what_it_says_in_order() -> None:
         "score": [make_span(f"{rng.getrandbits(128):032x}", scores=[Score(name="faithful", value=0.2)])],
         "": trace_of(rng),
     }
-    from tracehouse.pipeline.assembly import TraceAssembler
 
     assembler = TraceAssembler()
     for spans in traces.values():
@@ -164,7 +167,6 @@ def test_each_rule_keeps_what_it_says_in_order() -> None:
 def test_a_late_span_follows_the_first_decision_for_the_revision_window() -> None:
     rng = random.Random(2)
     sampler = PartitionSampler(SamplingRules(rate=0.0), revision_window_s=30.0, stats=SamplingStats())
-    from tracehouse.pipeline.assembly import TraceAssembler
 
     assembler = TraceAssembler(revision_window_s=30.0)
     first = trace_of(rng)  # no error: dropped
@@ -265,3 +267,189 @@ def test_keep_errors_and_a_tenth_of_the_rest_stores_error_traces_whole_and_windo
     assert (stats.decided, stats.kept["error"], stats.kept["rate"]) == (2000, 200, kept_rest)
     assert stats.held_spans == 0 and stats.kept_spans == len(on["kept"])
     assert stats.fractions()["error"] == 0.1
+
+
+# ---- the group's quantile ------------------------------------------------------------------------------
+
+NS = 1_000_000_000
+MINUTE0 = (T0 // (60 * NS) + 1) * 60 * NS  # the start of a 60 s window
+
+
+def root_span(start_ns: int, duration_ms: float, *, name: str = "agent.run", trace: str | None = None) -> Span:
+    """A one-span trace: the root of group ("api", name)."""
+    return Span(
+        trace_id=trace or f"{next(_ids):032x}",
+        span_id=f"{next(_ids):016x}",
+        name=name,
+        service="api",
+        kind="CHAIN",
+        start_time_ns=start_ns,
+        end_time_ns=start_ns + int(duration_ms * 1e6),
+    )
+
+
+def close_all(windows: PartitionWindows, now_s: float) -> None:
+    """Close every window ending before `now_s` by the clock (`PartitionWindows.due` closes by event time
+    while spans keep coming, as when a backlog is replayed)."""
+    for aggregator in windows.aggregators:
+        aggregator.due(now_s)
+
+
+def windows_with(latencies_ms: list[float], minute: int = 0) -> PartitionWindows:
+    """A partition's windows that saw the group's roots with these latencies in one minute, then closed it."""
+    windows = PartitionWindows(0, WindowOptions())
+    start = MINUTE0 + minute * 60 * NS
+    for i, ms in enumerate(latencies_ms):
+        windows.add(root_span(start + i * 1_000_000, ms), 0.0)
+    close_all(windows, (start + 2 * 60 * NS) / NS)
+    return windows
+
+
+def decide_roots(sampler: PartitionSampler, durations_ms: list[float], minute: int = 1) -> dict[float, str]:
+    """One-span traces of the group ending in `minute`, decided: duration -> rule ("" dropped)."""
+    assembler = TraceAssembler()
+    by_trace = {}
+    for i, ms in enumerate(durations_ms):
+        span = root_span(MINUTE0 + minute * 60 * NS + i * 1_000_000, ms)
+        by_trace[span.trace_id] = ms
+        assembler.add(span, i, now=1.0)
+        sampler.hold([span])
+    records = assembler.flush_all(now=2.0)
+    sampler.decide(records, lambda t: False, 2.0)
+    return {by_trace[r.trace_id]: r.sampled_by for r in records}
+
+
+def test_a_trace_above_its_groups_p95_is_kept_and_one_below_is_not() -> None:
+    rules = parse_sampling("[sampling]\nlatency_above_quantile = 0.95\nrate = 0.0\n")
+    assert rules.latency_above_quantile == 0.95 and rules.latency_min_count == 100
+    windows = windows_with([float(ms) for ms in range(1, 201)])  # 200 roots, 1..200 ms: p95 ~190 ms
+    sampler = PartitionSampler(rules, 30.0, SamplingStats())
+    sampler.windows_closed(windows)
+    assert sampler.latencies is not None
+    [quantiles] = sampler.latencies._windows.values()
+    p95 = quantiles[("api", "agent.run")]
+    assert 190 * 0.99 <= p95 <= 190 * 1.01  # the sketch's 1 % accuracy
+    verdicts = decide_roots(sampler, [250.0, 196.0, 180.0, 20.0])
+    assert verdicts == {250.0: "latency_quantile", 196.0: "latency_quantile", 180.0: "", 20.0: ""}
+    assert sampler.stats.kept["latency_quantile"] == 2 and sampler.stats.fractions()["latency_quantile"] == 0.5
+    # another group (another root name) has no quantile: the rule says nothing for it
+    other = root_span(MINUTE0 + 60 * NS, 5_000.0, name="batch.job")
+    assembler = TraceAssembler()
+    assembler.add(other, 0, now=1.0)
+    sampler.hold([other])
+    [record] = assembler.flush_all(now=2.0)
+    sampler.decide([record], lambda t: False, 2.0)
+    assert record.sampled_by == ""
+
+
+def test_the_rule_waits_for_the_minimum_count_and_a_closed_window_before_the_traces_own() -> None:
+    rules = SamplingRules(latency_above_quantile=0.95, latency_min_count=100, rate=0.0)
+    few = PartitionSampler(rules, 30.0, SamplingStats())
+    few.windows_closed(windows_with([float(ms) for ms in range(1, 51)]))  # 50 samples: no verdict
+    assert decide_roots(few, [10_000.0]) == {10_000.0: ""}
+    enough = PartitionSampler(rules, 30.0, SamplingStats())
+    enough.windows_closed(windows_with([float(ms) for ms in range(1, 201)]))
+    # a trace of the very window the quantile comes from is not measured against itself
+    assert decide_roots(enough, [10_000.0], minute=0) == {10_000.0: ""}
+    assert decide_roots(enough, [10_000.0], minute=1) == {10_000.0: "latency_quantile"}
+    assert decide_roots(enough, [10_000.0], minute=5) == {10_000.0: "latency_quantile"}  # newest earlier one
+
+
+def test_group_quantiles_use_the_newest_earlier_window_and_stay_bounded() -> None:
+    latencies = GroupLatencies(0.5, min_count=10)
+    windows = PartitionWindows(0, WindowOptions())
+    for minute in range(4):  # the median doubles every minute: 10, 20, 40, 80 ms
+        start = MINUTE0 + minute * 60 * NS
+        for i in range(21):
+            windows.add(root_span(start + i * 1_000_000, 10.0 * 2**minute), 0.0)
+    close_all(windows, (MINUTE0 + 6 * 60 * NS) / NS)
+    latencies.refresh(*windows.newest_closed(2))
+    assert sorted(latencies._windows) == [
+        (MINUTE0 + m * 60 * NS) // NS for m in (2, 3)
+    ]  # two windows held, whatever the history
+
+    def quantile_for(minute: int) -> float | None:
+        spans = [root_span(MINUTE0 + minute * 60 * NS, 1.0)]
+        assembler = TraceAssembler()
+        assembler.add(spans[0], 0, now=1.0)
+        [record] = assembler.flush_all(now=2.0)
+        return latencies.quantile_ms(record)
+
+    assert quantile_for(3) == pytest.approx(40.0, rel=0.01)  # the window before its own (minute 2)
+    assert quantile_for(4) == pytest.approx(80.0, rel=0.01)
+    assert quantile_for(2) is None  # older windows are forgotten
+
+
+def test_verdicts_are_the_same_after_a_restart_from_the_windows_checkpoint() -> None:
+    rules = SamplingRules(latency_above_quantile=0.9, latency_min_count=50, rate=0.0)
+    rng = random.Random(95)
+    windows = windows_with([rng.lognormvariate(4, 1) for _ in range(500)])
+    durations = [rng.lognormvariate(4, 1) for _ in range(300)]
+    first = PartitionSampler(rules, 30.0, SamplingStats())
+    first.windows_closed(windows)
+    restored = PartitionSampler(rules, 30.0, SamplingStats())
+    restored.windows_closed(PartitionWindows(0, WindowOptions(), windows.to_state()))  # a restarted worker
+    before, after = decide_roots(first, durations), decide_roots(restored, durations)
+    assert before == after
+    kept = sum(rule == "latency_quantile" for rule in before.values())
+    assert 10 <= kept <= 60  # about a tenth of 300 (the same distribution as the window's)
+
+
+def test_the_processor_measures_traces_against_the_windows_it_closed() -> None:
+    """Through the worker's processor: a minute of the group's roots, then slow and fast traces of the next
+    minute, decided at a tick (windows close by event time here: the spans are in the past)."""
+    rules = SamplingRules(latency_above_quantile=0.95, rate=0.0)
+    out = {name: _Sent() for name in ("traces", "partials", "dlq", "kept")}
+    processor = SpanProcessor(
+        traces_out=out["traces"],
+        partials_out=out["partials"],
+        dlq_out=out["dlq"],
+        windows_factory=windows_factory(budget_rules=()),
+        options=ProcessorOptions(checkpoint_interval_s=3600, quiet_s=0.0),
+        sampling=rules,
+        kept_out=out["kept"],
+    )
+    processor.attach(None, None)
+    state = processor._partition(0, None, 0)
+    minute0 = [root_span(MINUTE0 + i * 1_000_000, float(ms)) for i, ms in enumerate(range(1, 201))]
+    slow = root_span(MINUTE0 + 60 * NS, 1_000.0)
+    fast = root_span(MINUTE0 + 60 * NS + 1, 50.0)
+
+    async def run() -> None:
+        await processor.on_message(state, 0, encode_batch(minute0))
+        await processor.on_tick()
+        await processor.on_message(state, 1, encode_batch([slow, fast]))
+        await processor.on_tick()
+
+    asyncio.run(run())
+    records = {r.trace_id: r for value in out["traces"].values for r in decode_traces(value)}
+    assert len(records) == 202
+    assert records[slow.trace_id].sampled_by == "latency_quantile"
+    assert records[fast.trace_id].sampled is False
+    assert all(not records[s.trace_id].sampled for s in minute0)  # no earlier window: no verdict
+    assert [s.trace_id for value in out["kept"].values for s in decode_batch(value)[0]] == [slow.trace_id]
+
+
+def test_a_revision_of_a_closed_window_moves_only_the_groups_it_touched() -> None:
+    rules = SamplingRules(latency_above_quantile=0.5, latency_min_count=10, rate=0.0)
+    windows = PartitionWindows(0, WindowOptions())
+    for i in range(20):  # two groups of the same minute, 10 ms each
+        windows.add(root_span(MINUTE0 + i * 1_000_000, 10.0), 0.0)
+        windows.add(root_span(MINUTE0 + i * 1_000_000, 10.0, name="batch.job"), 0.0)
+    close_all(windows, (MINUTE0 + 2 * 60 * NS) / NS)
+    sampler = PartitionSampler(rules, 30.0, SamplingStats())
+    sampler.windows_closed(windows)
+    assert sampler.latencies is not None
+    before = dict(sampler.latencies._windows[MINUTE0 // NS])
+    for i in range(40):  # late spans of one group, for the closed minute: its median moves to 100 ms
+        windows.add(root_span(MINUTE0 + i * 1_000_000, 100.0), 0.0)
+    partials = [p for a in windows.aggregators for p in a.due((MINUTE0 + 2 * 60 * NS) / NS + 1)]
+    assert {(p.name, p.revision) for p in partials if p.window_seconds == 60} == {("agent.run", 1)}
+    sampler.windows_closed(windows, partials)
+    after = sampler.latencies._windows[MINUTE0 // NS]
+    assert after[("api", "agent.run")] == pytest.approx(100.0, rel=0.01)
+    assert after[("api", "batch.job")] == before[("api", "batch.job")]
+    # the same as reading the revised windows whole (a restarted worker's view)
+    restored = PartitionSampler(rules, 30.0, SamplingStats())
+    restored.windows_closed(PartitionWindows(0, WindowOptions(), windows.to_state()))
+    assert restored.latencies is not None and restored.latencies._windows == sampler.latencies._windows
