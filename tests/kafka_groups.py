@@ -37,11 +37,14 @@ async def start_sink_group_at_end(settings: Settings) -> None:
 
 
 def start_groups_at_end(settings: Settings) -> None:
-    """The test's worker group (on `tracehouse.spans` and `tracehouse.scores`) and sink group (on every
+    """The test's worker group (on `tracehouse.spans`, `tracehouse.scores` and the internal partials topic its
+    merger reads: earlier tests' partials would otherwise land in this test's rollups) and sink group (on every
     topic the sink reads)."""
 
     async def both() -> None:
-        await commit_at_end(settings.kafka_bootstrap, settings.worker_group, [topics.SPANS, topics.SCORES])
+        await commit_at_end(
+            settings.kafka_bootstrap, settings.worker_group, [topics.SPANS, topics.SCORES, topics.PARTIALS_TOPIC]
+        )
         await start_sink_group_at_end(settings)
 
     asyncio.run(both())
