@@ -93,6 +93,9 @@ class TracehouseWorker(faust.Worker):
         """Ready once the worker consumes the partitions assigned to it, with its state restored."""
         app = self.app
         details: dict[str, Any] = {"partitions": self._assigned_partitions()}
+        processor = getattr(app, "tracehouse_processor", None)
+        if processor is not None and processor.sampling is not None:  # tail sampling on: kept per rule
+            details["sampling"] = processor.sampling_stats.fractions()
         if self.should_stop:
             return False, "stopping", details
         if self.waiting_for_topics:

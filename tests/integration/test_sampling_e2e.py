@@ -8,6 +8,7 @@ import asyncio
 import random
 import time
 
+from empty_kafka import get
 from kafka_groups import commit_at_end, start_groups_at_end
 from waiting import wait_until
 
@@ -15,6 +16,7 @@ from tracehouse.cli.top import TopOptions, read_sampling, sampling_line
 from tracehouse.core import topics
 from tracehouse.core.config import Settings
 from tracehouse.core.schema import LLMCall, Span, TokenUsage
+from tracehouse.infra.ports import free_port
 from tracehouse.infra.processes import ManagedProcess
 from tracehouse.infra.stack import LocalStack
 from tracehouse.pipeline.sampling import keep_by_rate
@@ -66,11 +68,13 @@ def test_keep_errors_and_a_tenth_of_the_rest(settings: Settings) -> None:
     asyncio.run(migrate(settings.clickhouse))
     start_groups_at_end(settings)  # see only what this test sends
     asyncio.run(commit_at_end(settings.kafka_bootstrap, settings.sink_group, [topics.SPANS_KEPT]))
+    health_port = free_port()
     env = {
         **LocalStack(settings).child_env(),
         "TRACEHOUSE_ALERT_RULES": str(rules),
         "TRACEHOUSE_SAMPLING": "1",
         "TRACEHOUSE_TRACE_QUIET_S": "0.5",
+        "TRACEHOUSE_WORKER_HEALTH_PORT": str(health_port),
     }
     logs = settings.data_dir / "logs"
     worker = ManagedProcess("worker", ["worker"], logs, env).start()
@@ -142,6 +146,9 @@ def test_keep_errors_and_a_tenth_of_the_rest(settings: Settings) -> None:
         assert wait_until(rollup, timeout=45) == (len(sent), len(errors)), client.query(
             "SELECT sum(count) FROM rollups FINAL WHERE service = {s:String}", parameters={"s": service}
         ).result_rows
+        # The worker's health details say what it kept, per rule (its metrics, for a probe or a scraper).
+        kept_by_rule = get(health_port, "/health/ready")[1]["sampling"]
+        assert kept_by_rule["error"] > 0 and kept_by_rule["rate"] > 0 and 0 < kept_by_rule["kept"] < 1
     finally:
         transport.shutdown()
         client.close()
