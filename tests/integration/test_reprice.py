@@ -226,13 +226,27 @@ def test_prices_from_a_file_then_reprice_to_another(settings: Settings, tmp_path
 
         # Rollups (each window size) and the per-minute aggregates: the new total, counts unchanged.
         total_b = sum(by_trace.values())
+        llm_ids = {span.span_id for span in llm}
         for seconds in (10, 60):
+            # Per window (by span end): a window the worker closed holds exactly its spans at B's prices; the
+            # 10 s windows all closed (waited for above), a 60 s window may still be open when the worker stops.
+            expected: dict[int, list[float]] = {}
+            for span in spans:
+                window = expected.setdefault(span.end_time_ns // 1_000_000_000 // seconds * seconds, [0, 0.0])
+                window[0] += 1
+                window[1] += expected_cost(prices_b, span)[0] if span.span_id in llm_ids else 0.0
             got = client.query(
-                "SELECT sum(count), sum(cost_usd) FROM rollups FINAL WHERE window_seconds = {w:UInt32}",
-                parameters={"w": seconds},
-            ).result_rows[0]
-            if got[0]:  # the 60 s windows may not have closed before the worker stopped
-                assert got[0] == len(spans) and math.isclose(got[1], total_b, rel_tol=1e-9), (seconds, got)
+                "SELECT toUnixTimestamp(window_start), sum(count), sum(cost_usd) FROM rollups FINAL"
+                " WHERE window_seconds = {w:UInt32} AND service = {s:String} GROUP BY window_start",
+                parameters={"w": seconds, "s": service},
+            ).result_rows
+            if seconds == 10:
+                assert sum(n for _, n, _ in got) == len(spans), got
+            for start, n, cost in got:
+                assert n == expected[start][0] and math.isclose(cost, expected[start][1], rel_tol=1e-9), (
+                    seconds,
+                    start,
+                )
         calls, minutely = client.query(
             "SELECT countMerge(calls), sumMerge(sum_cost_usd) FROM spans_minutely"
         ).result_rows[0]
