@@ -34,11 +34,12 @@ from typing import Any, Literal
 import msgspec
 
 from tracehouse.core import settings
+from tracehouse.pipeline.rule_tables import refuse_shared_names, rule_tables
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    pass
 
 BUDGET_RULE_TYPE = "budget"
 BudgetMetric = Literal["cost_usd", "llm_calls", "total_tokens"]
@@ -120,19 +121,9 @@ def _rule_from_table(table: Mapping[str, Any], source: str) -> BudgetRule:
 def parse_budget_rules(document: str | Mapping[str, Any], source: str = "<string>") -> list[BudgetRule]:
     """The `type = "budget"` rules of a rules document (TOML text or its parsed dict); the other rules in
     it are alert_rules' and guard_rules' to validate. Raises BudgetRuleError on the first problem."""
-    if isinstance(document, str):
-        try:
-            document = tomllib.loads(document)
-        except tomllib.TOMLDecodeError as exc:
-            raise BudgetRuleError(f"{source}: not valid TOML: {exc}") from None
-    tables = document.get("rules", [])
-    if not isinstance(tables, list):
-        raise BudgetRuleError(f"{source}: 'rules' must be an array of tables ([[rules]])")
+    tables = rule_tables(document, source, BudgetRuleError)
     rules = [_rule_from_table(t, source) for t in tables if is_budget_rule(t)]
-    names = [t.get("name") for t in tables if isinstance(t, Mapping)]
-    for rule in rules:
-        if names.count(rule.name) > 1:
-            raise BudgetRuleError(f"{source}: rule {rule.name!r}: field 'name': used by two rules")
+    refuse_shared_names(rules, tables, source, BudgetRuleError)
     return rules
 
 

@@ -44,11 +44,12 @@ from typing import Any, Literal
 import msgspec
 
 from tracehouse.core import settings
+from tracehouse.pipeline.rule_tables import refuse_shared_names, rule_tables
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    pass
 
 TRACE_RULE_TYPE = "trace"
 
@@ -132,19 +133,9 @@ def _rule_from_table(table: Mapping[str, Any], source: str) -> TraceRule:
 def parse_trace_rules(document: str | Mapping[str, Any], source: str = "<string>") -> list[TraceRule]:
     """The `type = "trace"` rules of a rules document (TOML text or its parsed dict); the window rules in
     it are pipeline/alert_rules.py's to validate. Raises TraceRuleError on the first problem."""
-    if isinstance(document, str):
-        try:
-            document = tomllib.loads(document)
-        except tomllib.TOMLDecodeError as exc:
-            raise TraceRuleError(f"{source}: not valid TOML: {exc}") from None
-    tables = document.get("rules", [])
-    if not isinstance(tables, list):
-        raise TraceRuleError(f"{source}: 'rules' must be an array of tables ([[rules]])")
+    tables = rule_tables(document, source, TraceRuleError)
     rules = [_rule_from_table(t, source) for t in tables if is_trace_rule(t)]
-    names = [t.get("name") for t in tables if isinstance(t, Mapping)]
-    for rule in rules:
-        if names.count(rule.name) > 1:
-            raise TraceRuleError(f"{source}: rule {rule.name!r}: field 'name': used by two rules")
+    refuse_shared_names(rules, tables, source, TraceRuleError)
     return rules
 
 
